@@ -1,0 +1,440 @@
+"""Dataset configuration: the stream's schema and policies, kept as code.
+
+One YAML (or JSON) file describes a stream: which field is the key, where the
+event time lives, the features with their types and allowed values, the
+label (in the same message, or in a later message that references an earlier
+one), the aggregation windows and the retraining policy. Everything else in
+the system (validation, BigQuery schemas, aggregates, the simulator's replay
+mode) is derived from it, so a new dataset needs a new file, not new code.
+
+``load_config`` validates the file and raises ``ValueError`` naming the bad
+field, e.g. ``configs/x.yaml: features.speed.min: expected a number, got 'fast'``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import yaml
+
+FEATURE_TYPES = ("int", "float", "string", "bool")
+NUMERIC_TYPES = ("int", "float")
+LABEL_SOURCES = ("inline", "separate")
+TASKS = ("binary_classification", "regression")
+WINDOW_KINDS = ("fixed", "sliding")
+TIME_FORMATS = ("iso8601", "epoch_seconds", "epoch_millis")
+_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureSpec:
+    """One input feature: a scalar with a type and an allowed domain."""
+
+    name: str
+    type: str
+    min: float | None = None
+    max: float | None = None
+    values: tuple[str, ...] | None = None
+    description: str = ""
+
+    @property
+    def is_numeric(self) -> bool:
+        return self.type in NUMERIC_TYPES
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelSpec:
+    """The training target and how it reaches the pipeline.
+
+    ``source: inline`` means the label is a field of the feature message.
+    ``source: separate`` means a later message carries ``join_key`` and the
+    label; the pipeline holds the features for up to ``max_delay_seconds``
+    of event time waiting for it (ad conversions work this way).
+    """
+
+    field: str
+    type: str
+    task: str
+    source: str = "inline"
+    join_key: str | None = None
+    max_delay_seconds: int = 3600
+    negative_on_timeout: bool = False
+    min: float | None = None
+    max: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class WindowSpec:
+    """One aggregation window: fixed (tumbling) or sliding."""
+
+    name: str
+    kind: str
+    size_seconds: int
+    period_seconds: int | None = None
+    allowed_lateness_seconds: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class RetrainingPolicy:
+    """When the continuous-training loop asks for a new model."""
+
+    min_new_examples: int = 1000
+    min_interval_seconds: int = 60
+    max_interval_seconds: int | None = None
+    drift_threshold: float | None = None
+    quality_floor: float | None = None
+    training_window_rows: int = 50000
+
+
+@dataclasses.dataclass(frozen=True)
+class TableNames:
+    """BigQuery table names (inside the dataset given on the command line)."""
+
+    aggregates: str = "aggregates"
+    training_examples: str = "training_examples"
+    dead_letter: str = "dead_letter"
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetConfig:
+    """A validated dataset description. Build it with ``load_config``."""
+
+    name: str
+    key_field: str
+    event_time_field: str
+    event_time_format: str
+    event_time_attribute: str
+    id_attribute: str
+    features: tuple[FeatureSpec, ...]
+    label: LabelSpec
+    windows: tuple[WindowSpec, ...]
+    retraining: RetrainingPolicy
+    tables: TableNames
+    extra_fields: tuple[str, ...] = ()
+    description: str = ""
+    source_path: str = ""
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.features)
+
+    @property
+    def numeric_features(self) -> tuple[FeatureSpec, ...]:
+        return tuple(f for f in self.features if f.is_numeric)
+
+    def feature(self, name: str) -> FeatureSpec:
+        for spec in self.features:
+            if spec.name == name:
+                return spec
+        raise KeyError(name)
+
+
+class _Reader:
+    """Reads typed values out of nested mappings, naming the path on error."""
+
+    def __init__(self, source: str):
+        self.source = source
+
+    def fail(self, path: str, message: str) -> ValueError:
+        return ValueError(f"{self.source}: {path}: {message}")
+
+    def mapping(self, value: Any, path: str) -> Mapping[str, Any]:
+        if not isinstance(value, Mapping):
+            raise self.fail(path, f"expected a mapping, got {type(value).__name__}")
+        return value
+
+    def get(self, m: Mapping[str, Any], key: str, path: str, kind, default=...) -> Any:
+        full = f"{path}.{key}" if path else key
+        if key not in m or m[key] is None:
+            if default is ...:
+                raise self.fail(full, "is required")
+            return default
+        value = m[key]
+        if kind is float:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise self.fail(full, f"expected a number, got {value!r}")
+            return float(value)
+        if kind is int:
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise self.fail(full, f"expected an integer, got {value!r}")
+            return value
+        if kind is bool:
+            if not isinstance(value, bool):
+                raise self.fail(full, f"expected true or false, got {value!r}")
+            return value
+        if kind is str:
+            if not isinstance(value, str) or not value:
+                raise self.fail(full, f"expected a non-empty string, got {value!r}")
+            return value
+        if kind is list:
+            if not isinstance(value, list):
+                raise self.fail(full, f"expected a list, got {type(value).__name__}")
+            return value
+        return self.mapping(value, full)
+
+    def name(self, m, key: str, path: str, default=...) -> str:
+        value = self.get(m, key, path, str, default)
+        if value is not None and not _NAME_RE.match(value):
+            raise self.fail(
+                f"{path}.{key}" if path else key,
+                f"{value!r} is not a valid column name (letters, digits, underscore)",
+            )
+        return value
+
+    def choice(self, m, key: str, path: str, choices, default=...) -> str:
+        value = self.get(m, key, path, str, default)
+        if value not in choices:
+            raise self.fail(
+                f"{path}.{key}", f"must be one of {', '.join(choices)}; got {value!r}"
+            )
+        return value
+
+    def unknown_keys(self, m: Mapping[str, Any], allowed: set[str], path: str) -> None:
+        extra = sorted(set(m) - allowed)
+        if extra:
+            where = f"{path}." if path else ""
+            raise self.fail(
+                f"{where}{extra[0]}",
+                f"unknown setting (allowed: {', '.join(sorted(allowed))})",
+            )
+
+
+def _parse_feature(r: _Reader, name: str, raw: Any) -> FeatureSpec:
+    path = f"features.{name}"
+    if not _NAME_RE.match(name):
+        raise r.fail(path, "feature names must be letters, digits and underscores")
+    m = r.mapping(raw, path)
+    r.unknown_keys(m, {"type", "min", "max", "values", "description"}, path)
+    ftype = r.choice(m, "type", path, FEATURE_TYPES)
+    lo = r.get(m, "min", path, float, None)
+    hi = r.get(m, "max", path, float, None)
+    values = r.get(m, "values", path, list, None)
+    if ftype not in NUMERIC_TYPES and (lo is not None or hi is not None):
+        raise r.fail(path, f"min/max only apply to numeric features, not {ftype}")
+    if lo is not None and hi is not None and lo > hi:
+        raise r.fail(f"{path}.min", f"min {lo} is greater than max {hi}")
+    if values is not None:
+        if ftype != "string":
+            raise r.fail(f"{path}.values", "allowed values only apply to string features")
+        if not values or not all(isinstance(v, str) for v in values):
+            raise r.fail(f"{path}.values", "expected a non-empty list of strings")
+        values = tuple(values)
+    return FeatureSpec(
+        name=name,
+        type=ftype,
+        min=lo,
+        max=hi,
+        values=values,
+        description=r.get(m, "description", path, str, ""),
+    )
+
+
+def _parse_label(r: _Reader, raw: Any) -> LabelSpec:
+    path = "label"
+    m = r.mapping(raw, path)
+    r.unknown_keys(
+        m,
+        {
+            "field",
+            "type",
+            "task",
+            "source",
+            "join_key",
+            "max_delay_seconds",
+            "negative_on_timeout",
+            "min",
+            "max",
+        },
+        path,
+    )
+    task = r.choice(m, "task", path, TASKS)
+    ltype = r.choice(m, "type", path, ("int", "float", "bool"))
+    if task == "binary_classification" and ltype == "float":
+        raise r.fail(f"{path}.type", "a binary_classification label must be int or bool")
+    source = r.choice(m, "source", path, LABEL_SOURCES, "inline")
+    join_key = r.name(m, "join_key", path, None)
+    if source == "separate" and join_key is None:
+        raise r.fail(
+            f"{path}.join_key",
+            "is required when source is 'separate' (the field that label messages "
+            "share with the feature message they label)",
+        )
+    delay = r.get(m, "max_delay_seconds", path, int, 3600)
+    if delay <= 0:
+        raise r.fail(f"{path}.max_delay_seconds", "must be positive")
+    negative = r.get(m, "negative_on_timeout", path, bool, False)
+    if negative and task != "binary_classification":
+        raise r.fail(
+            f"{path}.negative_on_timeout", "only applies to binary_classification"
+        )
+    return LabelSpec(
+        field=r.name(m, "field", path),
+        type=ltype,
+        task=task,
+        source=source,
+        join_key=join_key,
+        max_delay_seconds=delay,
+        negative_on_timeout=negative,
+        min=r.get(m, "min", path, float, None),
+        max=r.get(m, "max", path, float, None),
+    )
+
+
+def _parse_windows(r: _Reader, raw: Any) -> tuple[WindowSpec, ...]:
+    m = r.mapping(raw, "windows")
+    r.unknown_keys(m, {"allowed_lateness_seconds", "specs"}, "windows")
+    lateness = r.get(m, "allowed_lateness_seconds", "windows", int, 0)
+    if lateness < 0:
+        raise r.fail("windows.allowed_lateness_seconds", "must be >= 0")
+    specs = r.get(m, "specs", "windows", list)
+    if not specs:
+        raise r.fail("windows.specs", "needs at least one window")
+    out = []
+    for i, spec in enumerate(specs):
+        path = f"windows.specs[{i}]"
+        w = r.mapping(spec, path)
+        r.unknown_keys(
+            w,
+            {"name", "kind", "size_seconds", "period_seconds", "allowed_lateness_seconds"},
+            path,
+        )
+        kind = r.choice(w, "kind", path, WINDOW_KINDS)
+        size = r.get(w, "size_seconds", path, int)
+        if size <= 0:
+            raise r.fail(f"{path}.size_seconds", "must be positive")
+        period = r.get(w, "period_seconds", path, int, None)
+        if kind == "sliding":
+            if period is None:
+                raise r.fail(f"{path}.period_seconds", "is required for sliding windows")
+            if period <= 0 or period > size:
+                raise r.fail(f"{path}.period_seconds", "must be in (0, size_seconds]")
+        elif period is not None:
+            raise r.fail(f"{path}.period_seconds", "only applies to sliding windows")
+        out.append(
+            WindowSpec(
+                name=r.name(w, "name", path),
+                kind=kind,
+                size_seconds=size,
+                period_seconds=period,
+                allowed_lateness_seconds=r.get(
+                    w, "allowed_lateness_seconds", path, int, lateness
+                ),
+            )
+        )
+    names = [w.name for w in out]
+    if len(set(names)) != len(names):
+        raise r.fail("windows.specs", f"window names must be unique: {names}")
+    return tuple(out)
+
+
+def _parse_retraining(r: _Reader, raw: Any) -> RetrainingPolicy:
+    path = "retraining"
+    m = r.mapping(raw or {}, path)
+    fields = {f.name for f in dataclasses.fields(RetrainingPolicy)}
+    r.unknown_keys(m, fields, path)
+    defaults = RetrainingPolicy()
+    policy = RetrainingPolicy(
+        min_new_examples=r.get(m, "min_new_examples", path, int, defaults.min_new_examples),
+        min_interval_seconds=r.get(
+            m, "min_interval_seconds", path, int, defaults.min_interval_seconds
+        ),
+        max_interval_seconds=r.get(m, "max_interval_seconds", path, int, None),
+        drift_threshold=r.get(m, "drift_threshold", path, float, None),
+        quality_floor=r.get(m, "quality_floor", path, float, None),
+        training_window_rows=r.get(
+            m, "training_window_rows", path, int, defaults.training_window_rows
+        ),
+    )
+    if policy.min_new_examples <= 0:
+        raise r.fail(f"{path}.min_new_examples", "must be positive")
+    if policy.min_interval_seconds < 0:
+        raise r.fail(f"{path}.min_interval_seconds", "must be >= 0")
+    return policy
+
+
+def _parse_tables(r: _Reader, raw: Any) -> TableNames:
+    m = r.mapping(raw or {}, "tables")
+    fields = {f.name for f in dataclasses.fields(TableNames)}
+    r.unknown_keys(m, fields, "tables")
+    defaults = TableNames()
+    return TableNames(
+        **{name: r.name(m, name, "tables", getattr(defaults, name)) for name in fields}
+    )
+
+
+def config_from_dict(raw: Any, source: str = "<config>") -> DatasetConfig:
+    """Validates a parsed config document and returns a ``DatasetConfig``."""
+    r = _Reader(source)
+    m = r.mapping(raw, "(top level)")
+    r.unknown_keys(
+        m,
+        {
+            "name",
+            "description",
+            "key_field",
+            "event_time",
+            "id_attribute",
+            "features",
+            "label",
+            "windows",
+            "retraining",
+            "tables",
+            "extra_fields",
+        },
+        "",
+    )
+    et = r.get(m, "event_time", "", dict)
+    r.unknown_keys(et, {"field", "format", "attribute"}, "event_time")
+    raw_features = r.get(m, "features", "", dict)
+    if not raw_features:
+        raise r.fail("features", "needs at least one feature")
+    features = tuple(_parse_feature(r, str(k), v) for k, v in raw_features.items())
+    extra = r.get(m, "extra_fields", "", list, [])
+    cfg = DatasetConfig(
+        name=r.name(m, "name", ""),
+        description=r.get(m, "description", "", str, ""),
+        key_field=r.name(m, "key_field", ""),
+        event_time_field=r.name(et, "field", "event_time"),
+        event_time_format=r.choice(et, "format", "event_time", TIME_FORMATS, "iso8601"),
+        event_time_attribute=r.get(et, "attribute", "event_time", str, "event_time"),
+        id_attribute=r.get(m, "id_attribute", "", str, "message_id"),
+        features=features,
+        label=_parse_label(r, r.get(m, "label", "", dict)),
+        windows=_parse_windows(r, r.get(m, "windows", "", dict)),
+        retraining=_parse_retraining(r, m.get("retraining")),
+        tables=_parse_tables(r, m.get("tables")),
+        extra_fields=tuple(str(x) for x in extra),
+        source_path=source,
+    )
+    reserved = [cfg.key_field, cfg.event_time_field, cfg.label.field]
+    if cfg.label.join_key:
+        reserved.append(cfg.label.join_key)
+    reserved.extend(cfg.extra_fields)
+    names = [*reserved, *cfg.feature_names]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise r.fail(
+            "features",
+            f"field {dupes[0]!r} is used twice (key, event time, label, join key, "
+            "extra fields and features must all have different names)",
+        )
+    return cfg
+
+
+def load_config(path: str | os.PathLike) -> DatasetConfig:
+    """Loads and validates a dataset config from a YAML or JSON file."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise ValueError(f"dataset config {path!r} does not exist")
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    try:
+        raw = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
+    except (yaml.YAMLError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: not valid YAML/JSON: {e}") from e
+    return config_from_dict(raw, source=path)

@@ -1,0 +1,96 @@
+"""BigQuery table schemas, derived from the dataset config.
+
+Schemas are plain lists of ``{"name", "type", "mode"}`` dicts, the form both
+``WriteToBigQuery(schema={"fields": ...})`` and ``google-cloud-bigquery``
+(via ``SchemaField.from_api_repr``) accept, so one definition serves the
+pipeline and the table-creation step.
+"""
+
+from __future__ import annotations
+
+from pipelines.dataset_config import DatasetConfig, FeatureSpec
+
+Field = dict[str, object]
+
+_BQ_TYPES = {"int": "INT64", "float": "FLOAT64", "string": "STRING", "bool": "BOOL"}
+
+# The shape of the error table of Google's Pub/Sub-to-BigQuery template,
+# plus the pipeline step that rejected the message and its message id.
+DEAD_LETTER_SCHEMA: list[Field] = [
+    {"name": "timestamp", "type": "TIMESTAMP", "mode": "REQUIRED"},
+    {"name": "payloadString", "type": "STRING", "mode": "NULLABLE"},
+    {"name": "payloadBytes", "type": "BYTES", "mode": "NULLABLE"},
+    {
+        "name": "attributes",
+        "type": "RECORD",
+        "mode": "REPEATED",
+        "fields": [
+            {"name": "key", "type": "STRING", "mode": "NULLABLE"},
+            {"name": "value", "type": "STRING", "mode": "NULLABLE"},
+        ],
+    },
+    {"name": "errorMessage", "type": "STRING", "mode": "NULLABLE"},
+    {"name": "stacktrace", "type": "STRING", "mode": "NULLABLE"},
+    {"name": "step", "type": "STRING", "mode": "NULLABLE"},
+    {"name": "messageId", "type": "STRING", "mode": "NULLABLE"},
+]
+
+AGGREGATE_STATS = ("mean", "min", "max", "std")
+
+
+def _col(name: str, bq_type: str, mode: str = "NULLABLE") -> Field:
+    return {"name": name, "type": bq_type, "mode": mode}
+
+
+def feature_column(spec: FeatureSpec) -> Field:
+    return _col(spec.name, _BQ_TYPES[spec.type])
+
+
+def label_bq_type(config: DatasetConfig) -> str:
+    return _BQ_TYPES[config.label.type]
+
+
+def aggregate_schema(config: DatasetConfig) -> list[Field]:
+    """One row per key, window and pane: counts and numeric feature stats."""
+    fields = [
+        _col(config.key_field, "STRING", "REQUIRED"),
+        _col("window_name", "STRING", "REQUIRED"),
+        _col("window_start", "TIMESTAMP", "REQUIRED"),
+        _col("window_end", "TIMESTAMP", "REQUIRED"),
+        _col("pane_timing", "STRING", "REQUIRED"),
+        _col("pane_index", "INT64", "REQUIRED"),
+        _col("is_last_pane", "BOOL"),
+        _col("event_count", "INT64", "REQUIRED"),
+    ]
+    for spec in config.numeric_features:
+        fields.extend(_col(f"{spec.name}_{stat}", "FLOAT64") for stat in AGGREGATE_STATS)
+    if config.label.source == "inline":
+        fields.append(_col("label_mean", "FLOAT64"))
+        fields.append(_col("labeled_count", "INT64"))
+    fields.append(_col("computed_at", "TIMESTAMP", "REQUIRED"))
+    return fields
+
+
+def training_schema(config: DatasetConfig) -> list[Field]:
+    """One row per labeled example: features, label and lineage."""
+    return [
+        _col("example_id", "STRING", "REQUIRED"),
+        _col(config.key_field, "STRING", "REQUIRED"),
+        _col("event_time", "TIMESTAMP", "REQUIRED"),
+        *(feature_column(spec) for spec in config.features),
+        _col(config.label.field, label_bq_type(config), "REQUIRED"),
+        _col("label_time", "TIMESTAMP"),
+        _col("label_source", "STRING", "REQUIRED"),
+        _col("ingestion_id", "STRING", "REQUIRED"),
+        _col("ingested_at", "TIMESTAMP", "REQUIRED"),
+    ]
+
+
+def table_schemas(config: DatasetConfig) -> dict[str, list[Field]]:
+    """Every table the streaming pipeline writes, by table name."""
+    t = config.tables
+    return {
+        t.aggregates: aggregate_schema(config),
+        t.training_examples: training_schema(config),
+        t.dead_letter: DEAD_LETTER_SCHEMA,
+    }
