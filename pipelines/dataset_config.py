@@ -189,9 +189,7 @@ class _Reader:
     def choice(self, m, key: str, path: str, choices, default=...) -> str:
         value = self.get(m, key, path, str, default)
         if value not in choices:
-            raise self.fail(
-                f"{path}.{key}", f"must be one of {', '.join(choices)}; got {value!r}"
-            )
+            raise self.fail(f"{path}.{key}", f"must be one of {', '.join(choices)}; got {value!r}")
         return value
 
     def unknown_keys(self, m: Mapping[str, Any], allowed: set[str], path: str) -> None:
@@ -269,9 +267,7 @@ def _parse_label(r: _Reader, raw: Any) -> LabelSpec:
         raise r.fail(f"{path}.max_delay_seconds", "must be positive")
     negative = r.get(m, "negative_on_timeout", path, bool, False)
     if negative and task != "binary_classification":
-        raise r.fail(
-            f"{path}.negative_on_timeout", "only applies to binary_classification"
-        )
+        raise r.fail(f"{path}.negative_on_timeout", "only applies to binary_classification")
     return LabelSpec(
         field=r.name(m, "field", path),
         type=ltype,
@@ -321,9 +317,7 @@ def _parse_windows(r: _Reader, raw: Any) -> tuple[WindowSpec, ...]:
                 kind=kind,
                 size_seconds=size,
                 period_seconds=period,
-                allowed_lateness_seconds=r.get(
-                    w, "allowed_lateness_seconds", path, int, lateness
-                ),
+                allowed_lateness_seconds=r.get(w, "allowed_lateness_seconds", path, int, lateness),
             )
         )
     names = [w.name for w in out]

@@ -23,17 +23,17 @@ class StreamingTrainingOptions(PipelineOptions):
     def _add_argparse_args(cls, parser):
         parser.add_argument(
             "--dataset_config",
-            required=True,
+            default=None,
             help="Path to the dataset config (YAML/JSON), e.g. configs/traffic.yaml.",
         )
         parser.add_argument(
             "--input_subscription",
-            required=True,
+            default=None,
             help="Pub/Sub subscription to read: projects/<project>/subscriptions/<name>.",
         )
         parser.add_argument(
             "--bq_dataset",
-            required=True,
+            default=None,
             help="BigQuery dataset that holds the output tables.",
         )
         parser.add_argument(
@@ -57,15 +57,16 @@ def validated(options: PipelineOptions) -> tuple[StreamingTrainingOptions, Datas
         ValueError: with a message naming the flag to fix.
     """
     opts = options.view_as(StreamingTrainingOptions)
+    for flag in ("dataset_config", "input_subscription", "bq_dataset"):
+        if not getattr(opts, flag):
+            raise ValueError(f"--{flag} is required")
     if not _SUBSCRIPTION_RE.match(opts.input_subscription or ""):
         raise ValueError(
             f"--input_subscription={opts.input_subscription!r}: expected "
             "projects/<project>/subscriptions/<name>"
         )
     if not _DATASET_RE.match(opts.bq_dataset or ""):
-        raise ValueError(
-            f"--bq_dataset={opts.bq_dataset!r}: use letters, digits and underscores"
-        )
+        raise ValueError(f"--bq_dataset={opts.bq_dataset!r}: use letters, digits and underscores")
     if opts.dedup_window_seconds <= 0:
         raise ValueError("--dedup_window_seconds must be positive")
     if not bq_project(options):

@@ -1,0 +1,82 @@
+import copy
+
+import pytest
+import yaml
+
+from pipelines.dataset_config import config_from_dict, load_config
+
+
+def _raw(path="configs/traffic.yaml"):
+    with open(path) as f:
+        return yaml.safe_load(f)
+
+
+def test_shipped_configs_load():
+    traffic = load_config("configs/traffic.yaml")
+    assert traffic.key_field == "sensor_id"
+    assert traffic.feature("occupancy").max == 1.0
+    assert [w.kind for w in traffic.windows] == ["fixed", "sliding"]
+    ads = load_config("configs/ad_conversions.yaml")
+    assert ads.label.source == "separate"
+    assert ads.label.join_key == "impression_id"
+    assert ads.tables.training_examples == "ad_training_examples"
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda r: r["features"]["occupancy"].update(min="low"), "features.occupancy.min"),
+        (lambda r: r["features"]["road_type"].update(type="text"), "features.road_type.type"),
+        (
+            lambda r: r["features"]["vehicle_count"].update(min=10, max=1),
+            "features.vehicle_count.min",
+        ),
+        (lambda r: r.pop("key_field"), "key_field: is required"),
+        (lambda r: r["label"].update(source="separate"), "label.join_key"),
+        (
+            lambda r: r["windows"]["specs"][1].pop("period_seconds"),
+            "windows.specs[1].period_seconds",
+        ),
+        (
+            lambda r: r["windows"]["specs"][0].update(size_seconds=0),
+            "windows.specs[0].size_seconds",
+        ),
+        (lambda r: r.update(colour="red"), "colour: unknown setting"),
+        (lambda r: r["retraining"].update(min_new_examples=-1), "retraining.min_new_examples"),
+        (lambda r: r["features"].update(congested={"type": "int"}), "used twice"),
+        (lambda r: r["label"].update(task="ranking"), "label.task"),
+    ],
+)
+def test_bad_config_names_the_field(mutate, message):
+    raw = copy.deepcopy(_raw())
+    mutate(raw)
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        config_from_dict(raw, "x.yaml")
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ValueError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed")
+    with pytest.raises(ValueError, match="not valid YAML"):
+        load_config(bad)
+
+
+def test_a_new_dataset_needs_only_a_config(tmp_path):
+    raw = {
+        "name": "spam",
+        "key_field": "sender",
+        "event_time": {"field": "ts", "format": "epoch_seconds", "attribute": "ts"},
+        "features": {"n_links": {"type": "int", "min": 0}, "lang": {"type": "string"}},
+        "label": {"field": "is_spam", "type": "bool", "task": "binary_classification"},
+        "windows": {"specs": [{"name": "hourly", "kind": "fixed", "size_seconds": 3600}]},
+    }
+    path = tmp_path / "spam.json"
+    import json
+
+    path.write_text(json.dumps(raw))
+    cfg = load_config(path)
+    assert cfg.feature_names == ("n_links", "lang")
+    assert cfg.retraining.min_new_examples > 0
+    assert cfg.tables.dead_letter == "dead_letter"

@@ -1,0 +1,185 @@
+"""Per-key windowed aggregates of the numeric features, late data included.
+
+Each configured window (fixed or sliding) fires once when the watermark
+passes its end (ON_TIME) and again for every late element that arrives
+within the allowed lateness (LATE), with accumulating panes: every row is
+the full, updated aggregate for its window, and ``pane_timing`` /
+``pane_index`` say which firing it is. Downstream readers take the row with
+the highest ``pane_index`` per key and window.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+from apache_beam.transforms import trigger, window
+
+from pipelines.dataset_config import DatasetConfig, WindowSpec
+from transforms.validation import Record, utc_iso
+
+NAMESPACE = "aggregation"
+
+# Accumulator: [count, labeled_count, label_sum, {feature: [n, sum, sumsq, min, max]}]
+Accumulator = list
+
+
+def empty_accumulator(feature_names: tuple[str, ...]) -> Accumulator:
+    return [0, 0, 0.0, {f: [0, 0.0, 0.0, math.inf, -math.inf] for f in feature_names}]
+
+
+def add_record(acc: Accumulator, record: Record) -> Accumulator:
+    """Adds one record's numeric features (and inline label) to ``acc``."""
+    acc[0] += 1
+    if record.get("label") is not None:
+        acc[1] += 1
+        acc[2] += float(record["label"])
+    for name, stats in acc[3].items():
+        value = record["features"].get(name)
+        if value is None:
+            continue
+        value = float(value)
+        stats[0] += 1
+        stats[1] += value
+        stats[2] += value * value
+        stats[3] = min(stats[3], value)
+        stats[4] = max(stats[4], value)
+    return acc
+
+
+def merge_accumulators(accs: list[Accumulator], feature_names: tuple[str, ...]) -> Accumulator:
+    out = empty_accumulator(feature_names)
+    for acc in accs:
+        out[0] += acc[0]
+        out[1] += acc[1]
+        out[2] += acc[2]
+        for name, stats in acc[3].items():
+            o = out[3][name]
+            o[0] += stats[0]
+            o[1] += stats[1]
+            o[2] += stats[2]
+            o[3] = min(o[3], stats[3])
+            o[4] = max(o[4], stats[4])
+    return out
+
+
+def summarize(acc: Accumulator, with_label: bool) -> dict[str, Any]:
+    """Turns an accumulator into the aggregate columns (mean/min/max/std per feature)."""
+    out: dict[str, Any] = {"event_count": acc[0]}
+    for name, (n, total, sumsq, lo, hi) in acc[3].items():
+        if n == 0:
+            out.update({f"{name}_mean": None, f"{name}_min": None, f"{name}_max": None})
+            out[f"{name}_std"] = None
+            continue
+        mean = total / n
+        var = max(sumsq / n - mean * mean, 0.0)
+        out.update(
+            {
+                f"{name}_mean": mean,
+                f"{name}_min": lo,
+                f"{name}_max": hi,
+                f"{name}_std": math.sqrt(var),
+            }
+        )
+    if with_label:
+        out["labeled_count"] = acc[1]
+        out["label_mean"] = acc[2] / acc[1] if acc[1] else None
+    return out
+
+
+class FeatureStatsFn(beam.CombineFn):
+    """Count, label rate and numeric feature statistics of a key's records."""
+
+    def __init__(self, feature_names: tuple[str, ...], with_label: bool):
+        self._names = feature_names
+        self._with_label = with_label
+
+    def create_accumulator(self):
+        return empty_accumulator(self._names)
+
+    def add_input(self, acc, record):
+        return add_record(acc, record)
+
+    def merge_accumulators(self, accs):
+        return merge_accumulators(list(accs), self._names)
+
+    def extract_output(self, acc):
+        return summarize(acc, self._with_label)
+
+
+def window_fn(spec: WindowSpec):
+    if spec.kind == "fixed":
+        return window.FixedWindows(spec.size_seconds)
+    return window.SlidingWindows(spec.size_seconds, spec.period_seconds)
+
+
+class _FormatAggregateFn(beam.DoFn):
+    """Adds key, window bounds and pane information to a combined aggregate."""
+
+    def __init__(self, key_field: str, window_name: str):
+        self._key_field = key_field
+        self._window_name = window_name
+        self._rows = Metrics.counter(NAMESPACE, "aggregate_rows")
+        self._late_rows = Metrics.counter(NAMESPACE, "late_pane_rows")
+
+    def process(
+        self,
+        element,
+        win=beam.DoFn.WindowParam,
+        pane=beam.DoFn.PaneInfoParam,
+    ):
+        key, stats = element
+        timing = {0: "EARLY", 1: "ON_TIME", 2: "LATE"}.get(pane.timing, "UNKNOWN")
+        self._rows.inc()
+        if timing == "LATE":
+            self._late_rows.inc()
+        yield {
+            self._key_field: key,
+            "window_name": self._window_name,
+            "window_start": utc_iso(float(win.start)),
+            "window_end": utc_iso(float(win.end)),
+            "pane_timing": timing,
+            "pane_index": pane.index,
+            "is_last_pane": pane.is_last,
+            **stats,
+            "computed_at": utc_iso(dt.datetime.now(dt.UTC).timestamp()),
+        }
+
+
+class WindowAndAggregate(beam.PTransform):
+    """Feature records -> one aggregate row per key, window and pane, for every window."""
+
+    def __init__(self, config: DatasetConfig):
+        super().__init__()
+        self._config = config
+
+    def expand(self, records):
+        cfg = self._config
+        names = tuple(f.name for f in cfg.numeric_features)
+        with_label = cfg.label.source == "inline"
+        keyed = records | "KeyByEntity" >> beam.Map(lambda r: (r["key"], r))
+        outputs = []
+        for spec in cfg.windows:
+            tag = "".join(part.capitalize() for part in spec.name.split("_"))
+            rows = (
+                keyed
+                | f"Window{tag}"
+                >> beam.WindowInto(
+                    window_fn(spec),
+                    trigger=trigger.AfterWatermark(late=trigger.AfterCount(1)),
+                    accumulation_mode=trigger.AccumulationMode.ACCUMULATING,
+                    allowed_lateness=spec.allowed_lateness_seconds,
+                )
+                | f"Aggregate{tag}" >> beam.CombinePerKey(FeatureStatsFn(names, with_label))
+                | f"FormatAggregates{tag}"
+                >> beam.ParDo(_FormatAggregateFn(cfg.key_field, spec.name))
+                # Rows from differently windowed branches meet in one sink.
+                | f"Rewindow{tag}" >> beam.WindowInto(window.GlobalWindows())
+            )
+            outputs.append(rows)
+        if len(outputs) == 1:
+            return outputs[0]
+        return outputs | "FlattenWindows" >> beam.Flatten()
