@@ -13,6 +13,7 @@ import sys
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
+from pipelines.emulators import configure_bigquery_emulator
 from pipelines.options import bq_project, validated
 from pipelines.streaming import build_pipeline
 
@@ -29,6 +30,7 @@ def run(argv: list[str] | None = None) -> None:
 
     from local.resources import ensure_bigquery_tables
 
+    configure_bigquery_emulator(bq_project(options))
     ensure_bigquery_tables(bq_project(options), opts.bq_dataset, config)
     _LOG.info(
         "Starting %s pipeline: %s -> %s.%s",
