@@ -1,0 +1,154 @@
+"""The real streaming pipeline on the DirectRunner against both emulators."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import yaml
+
+from local.resources import ensure_pubsub
+from tests.e2e import count, publish, running_pipeline, wait_until
+from tests.helpers import DROP, traffic_payload
+from transforms.validation import utc_iso
+
+pytestmark = pytest.mark.emulators
+
+
+def _attrs(t: float, message_id: str, attribute: str = "event_time") -> dict:
+    return {attribute: utc_iso(t), "message_id": message_id}
+
+
+def test_traffic_events_land_in_bigquery_with_every_malformed_message_dead_lettered(
+    gcp_project, pubsub_emulator, bigquery_client, unique_name, tmp_path
+):
+    _, subscription = ensure_pubsub(gcp_project, unique_name, f"{unique_name}-sub")
+    now = time.time()
+    valid = [
+        (traffic_payload(f"S{i % 3}", now, vehicle_count=i, congested=i % 2), _attrs(now, f"v{i}"))
+        for i in range(60)
+    ]
+    malformed = [
+        (b"not json", _attrs(now, "bad-json")),
+        (traffic_payload(occupancy=DROP, t=now), _attrs(now, "bad-missing")),
+        (traffic_payload(colour="red", t=now), _attrs(now, "bad-extra")),
+        (traffic_payload(mean_speed_kmh="fast", t=now), _attrs(now, "bad-type")),
+        (traffic_payload(occupancy=3.0, t=now), _attrs(now, "bad-range")),
+        (traffic_payload(occupancy=[0.1, 0.2], t=now), _attrs(now, "bad-valency")),
+    ]
+    duplicates = valid[:5]  # redelivered: same message id
+    log = tmp_path / "pipeline.log"
+    with running_pipeline(
+        gcp_project, "configs/traffic.yaml", subscription, unique_name, log
+    ) as proc:
+        publish(gcp_project, unique_name, valid + malformed + duplicates)
+
+        def landed() -> bool:
+            return (
+                count(bigquery_client, unique_name, "training_examples") >= 60
+                and count(bigquery_client, unique_name, "dead_letter") >= len(malformed)
+                and count(bigquery_client, unique_name, "aggregates", "window_name='fixed_1m'") >= 3
+            )
+
+        wait_until(landed, timeout=150, proc=proc, log_path=log)
+        time.sleep(4)  # a duplicate written late would show up now
+
+    assert count(bigquery_client, unique_name, "training_examples") == 60
+    ids = {
+        row["example_id"]
+        for row in bigquery_client.query(
+            f"SELECT example_id FROM `{unique_name}.training_examples`"
+        ).result()
+    }
+    assert ids == {f"v{i}" for i in range(60)}
+    dead = {
+        row["messageId"]: row
+        for row in bigquery_client.query(
+            f"SELECT messageId, step, errorMessage, payloadString, attributes "
+            f"FROM `{unique_name}.dead_letter`"
+        ).result()
+    }
+    assert set(dead) == {attrs["message_id"] for _, attrs in malformed}
+    assert dead["bad-range"]["step"] == "ParseAndValidate"
+    assert "above the maximum" in dead["bad-range"]["errorMessage"]
+    assert dead["bad-json"]["payloadString"] == "not json"
+    assert {"key": "message_id", "value": "bad-json"} in dead["bad-json"]["attributes"]
+    fixed = list(
+        bigquery_client.query(
+            f"SELECT sensor_id, SUM(event_count) AS n FROM `{unique_name}.aggregates` "
+            "WHERE window_name = 'fixed_1m' AND pane_timing = 'ON_TIME' GROUP BY sensor_id"
+        ).result()
+    )
+    assert {row["sensor_id"]: row["n"] for row in fixed} == {"S0": 20, "S1": 20, "S2": 20}
+
+
+def test_second_dataset_joins_late_labels(
+    gcp_project, pubsub_emulator, bigquery_client, unique_name, tmp_path
+):
+    """Ad conversions: the label arrives in a later message; unconverted impressions
+    become negatives after max_delay_seconds; a conversion without an impression
+    is dead-lettered."""
+    with open("configs/ad_conversions.yaml") as f:
+        raw = yaml.safe_load(f)
+    raw["label"]["max_delay_seconds"] = 10
+    config_path = tmp_path / "ads.yaml"
+    config_path.write_text(yaml.safe_dump(raw))
+    _, subscription = ensure_pubsub(gcp_project, unique_name, f"{unique_name}-sub")
+    now = time.time()
+
+    def impression(i: int) -> tuple[dict, dict]:
+        payload = {
+            "impression_id": f"imp{i}",
+            "ad_id": f"ad{i % 4}",
+            "ts_millis": int(now * 1000),
+            "bid_price": 1.0 + i / 10,
+            "slot_position": 1 + i % 5,
+            "device": "mobile",
+            "user_recent_clicks": i,
+        }
+        return payload, _attrs(now, f"f{i}", attribute="ts")
+
+    log = tmp_path / "pipeline.log"
+    with running_pipeline(gcp_project, str(config_path), subscription, unique_name, log) as proc:
+        publish(gcp_project, unique_name, [impression(i) for i in range(20)])
+        time.sleep(3)
+        later = time.time()
+        conversions = [
+            (
+                {"impression_id": f"imp{i}", "converted": 1, "ts_millis": int(later * 1000)},
+                _attrs(later, f"c{i}", attribute="ts"),
+            )
+            for i in range(0, 20, 3)
+        ]
+        orphan = (
+            {"impression_id": "nope", "converted": 1, "ts_millis": int(later * 1000)},
+            _attrs(later, "orphan", attribute="ts"),
+        )
+        publish(gcp_project, unique_name, [*conversions, orphan])
+
+        def landed() -> bool:
+            return (
+                count(bigquery_client, unique_name, "ad_training_examples") >= 20
+                and count(bigquery_client, unique_name, "ad_dead_letter") >= 1
+            )
+
+        wait_until(landed, timeout=120, proc=proc, log_path=log)
+
+    rows = {
+        row["example_id"]: (row["converted"], row["label_source"], row["ad_id"])
+        for row in bigquery_client.query(
+            f"SELECT example_id, converted, label_source, ad_id "
+            f"FROM `{unique_name}.ad_training_examples`"
+        ).result()
+    }
+    assert len(rows) == 20
+    for i in range(20):
+        expected = (1, "message") if i % 3 == 0 else (0, "timeout")
+        assert rows[f"imp{i}"][:2] == expected, i
+    dead = list(
+        bigquery_client.query(
+            f"SELECT messageId, step, errorMessage FROM `{unique_name}.ad_dead_letter`"
+        ).result()
+    )
+    assert [(d["messageId"], d["step"]) for d in dead] == [("orphan", "JoinLabels")]
+    assert "no feature message" in dead[0]["errorMessage"]
