@@ -98,6 +98,8 @@ class TableNames:
     aggregates: str = "aggregates"
     training_examples: str = "training_examples"
     dead_letter: str = "dead_letter"
+    predictions: str = "predictions"
+    prediction_quality: str = "prediction_quality"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,6 +118,7 @@ class DatasetConfig:
     retraining: RetrainingPolicy
     tables: TableNames
     extra_fields: tuple[str, ...] = ()
+    evaluation_window_seconds: int = 60
     description: str = ""
     source_path: str = ""
 
@@ -379,6 +382,7 @@ def config_from_dict(raw: Any, source: str = "<config>") -> DatasetConfig:
             "retraining",
             "tables",
             "extra_fields",
+            "evaluation_window_seconds",
         },
         "",
     )
@@ -403,8 +407,11 @@ def config_from_dict(raw: Any, source: str = "<config>") -> DatasetConfig:
         retraining=_parse_retraining(r, m.get("retraining")),
         tables=_parse_tables(r, m.get("tables")),
         extra_fields=tuple(str(x) for x in extra),
+        evaluation_window_seconds=r.get(m, "evaluation_window_seconds", "", int, 60),
         source_path=source,
     )
+    if cfg.evaluation_window_seconds <= 0:
+        raise r.fail("evaluation_window_seconds", "must be positive")
     reserved = [cfg.key_field, cfg.event_time_field, cfg.label.field]
     if cfg.label.join_key:
         reserved.append(cfg.label.join_key)

@@ -48,6 +48,23 @@ class StreamingTrainingOptions(PipelineOptions):
             help="How long (processing time) a message id is remembered to drop "
             "redelivered duplicates.",
         )
+        parser.add_argument(
+            "--model_registry",
+            default=None,
+            help="Model registry root (local path or gs://). Empty: no inline predictions.",
+        )
+        parser.add_argument(
+            "--model_poll_seconds",
+            type=float,
+            default=10.0,
+            help="How often inference workers check the registry for a new current version.",
+        )
+        parser.add_argument(
+            "--inference_max_batch_size",
+            type=int,
+            default=64,
+            help="Largest batch RunInference sends to the model.",
+        )
 
 
 def validated(options: PipelineOptions) -> tuple[StreamingTrainingOptions, DatasetConfig]:
@@ -69,6 +86,10 @@ def validated(options: PipelineOptions) -> tuple[StreamingTrainingOptions, Datas
         raise ValueError(f"--bq_dataset={opts.bq_dataset!r}: use letters, digits and underscores")
     if opts.dedup_window_seconds <= 0:
         raise ValueError("--dedup_window_seconds must be positive")
+    if opts.model_poll_seconds < 0:
+        raise ValueError("--model_poll_seconds must be >= 0")
+    if opts.inference_max_batch_size < 1:
+        raise ValueError("--inference_max_batch_size must be >= 1")
     if not bq_project(options):
         raise ValueError("set --bq_project or --project")
     return opts, load_config(opts.dataset_config)

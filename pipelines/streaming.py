@@ -4,8 +4,11 @@
       └ ParseAndValidate ─┬─ dead letters ─────────────────────────┐
                           └ records                                 │
                               ├ FeatureRecords ─ WindowAndAggregate ─ WriteAggregates ─┤
+                              │    └ PredictAndRecord (RunInference) ─ WritePredictions ┤
+                              │         └─────────┐ inference errors ──────────────────┤
                               └ BuildTrainingExamples ─ WriteTrainingExamples ─────────┤
-                                  └ join errors ────────────────────────────────────────┤
+                                  ├ join errors ────────────────────────────────────────┤
+                                  └ MeasureOnlineQuality (+ predictions) ─ WritePredictionQuality
                                                        FlattenDeadLetters ─ WriteDeadLetters
 
 ``build_graph`` applies everything after the source and before the sinks,
@@ -23,34 +26,47 @@ from pipelines.options import table_spec, validated
 from transforms.aggregation import WindowAndAggregate
 from transforms.ingestion import ReadEvents
 from transforms.labeling import BuildTrainingExamples
+from transforms.quality import MeasureOnlineQuality
 from transforms.sinks import WriteDeadLetters, WriteRows
 from transforms.validation import DEAD_LETTER, ParseAndValidate
 
 
-def build_graph(messages, config: DatasetConfig) -> dict[str, beam.PCollection]:
-    """Applies validation, aggregation and labeling to deduplicated PubsubMessages.
+def build_graph(
+    messages, config: DatasetConfig, inference: dict | None = None
+) -> dict[str, beam.PCollection]:
+    """Applies validation, aggregation, labeling and (optionally) inference.
+
+    Args:
+        messages: deduplicated PubsubMessages.
+        config: the dataset config.
+        inference: ``PredictAndRecord`` keyword arguments (``registry_root``,
+            ``poll_seconds``, ``max_batch_size``); None for no predictions.
 
     Returns:
-        ``{"records", "aggregates", "examples", "dead_letter"}`` PCollections;
+        ``{"records", "aggregates", "examples", "dead_letter"}`` PCollections,
+        plus ``"predictions"`` and ``"quality"`` with inference;
         ``dead_letter`` holds the rows of every step that rejected a message.
     """
     parsed = messages | "ParseAndValidate" >> ParseAndValidate(config)
     records = parsed.records
-    aggregates = (
-        records
-        | "FeatureRecords" >> beam.Filter(lambda r: r["kind"] == "features")
-        | "WindowAndAggregate" >> WindowAndAggregate(config)
-    )
+    features = records | "FeatureRecords" >> beam.Filter(lambda r: r["kind"] == "features")
+    aggregates = features | "WindowAndAggregate" >> WindowAndAggregate(config)
     examples = records | "BuildTrainingExamples" >> BuildTrainingExamples(config)
-    dead_letter = (parsed[DEAD_LETTER], examples[DEAD_LETTER]) | "FlattenRecordErrors" >> (
-        beam.Flatten()
-    )
-    return {
-        "records": records,
-        "aggregates": aggregates,
-        "examples": examples["examples"],
-        "dead_letter": dead_letter,
-    }
+    errors = [parsed[DEAD_LETTER], examples[DEAD_LETTER]]
+    graph = {"records": records, "aggregates": aggregates, "examples": examples["examples"]}
+    if inference is not None:
+        # Imported here: TensorFlow loads only for pipelines that predict.
+        from transforms.inference import PredictAndRecord
+
+        predicted = features | "PredictAndRecord" >> PredictAndRecord(config, **inference)
+        errors.append(predicted["dead_letter"])
+        graph["predictions"] = predicted["predictions"]
+        graph["quality"] = (
+            predicted["predictions"],
+            examples["examples"],
+        ) | "MeasureOnlineQuality" >> MeasureOnlineQuality(config, config.evaluation_window_seconds)
+    graph["dead_letter"] = errors | "FlattenRecordErrors" >> beam.Flatten()
+    return graph
 
 
 def uses_dataflow(options: PipelineOptions) -> bool:
@@ -68,17 +84,24 @@ def build_pipeline(p: beam.Pipeline, options: PipelineOptions) -> dict[str, beam
         opts.dedup_window_seconds,
         source_dedup=uses_dataflow(options),
     )
-    graph = build_graph(messages, config)
-    failed_aggregates = graph["aggregates"] | "WriteAggregates" >> WriteRows(
-        table_spec(options, tables.aggregates)
-    )
-    failed_examples = graph["examples"] | "WriteTrainingExamples" >> WriteRows(
-        table_spec(options, tables.training_examples)
-    )
-    all_dead = (
-        graph["dead_letter"],
-        failed_aggregates,
-        failed_examples,
-    ) | "FlattenDeadLetters" >> beam.Flatten()
+    inference = None
+    if opts.model_registry:
+        inference = {
+            "registry_root": opts.model_registry,
+            "poll_seconds": opts.model_poll_seconds,
+            "max_batch_size": opts.inference_max_batch_size,
+        }
+    graph = build_graph(messages, config, inference)
+    sinks = {
+        "aggregates": ("WriteAggregates", tables.aggregates),
+        "examples": ("WriteTrainingExamples", tables.training_examples),
+        "predictions": ("WritePredictions", tables.predictions),
+        "quality": ("WritePredictionQuality", tables.prediction_quality),
+    }
+    dead = [graph["dead_letter"]]
+    for name, (label, table) in sinks.items():
+        if name in graph:
+            dead.append(graph[name] | label >> WriteRows(table_spec(options, table)))
+    all_dead = dead | "FlattenDeadLetters" >> beam.Flatten()
     all_dead | "WriteDeadLetters" >> WriteDeadLetters(table_spec(options, tables.dead_letter))
     return graph

@@ -86,6 +86,37 @@ def training_schema(config: DatasetConfig) -> list[Field]:
     ]
 
 
+def prediction_schema(config: DatasetConfig) -> list[Field]:
+    """One row per prediction: the example's key passes through (static serving)."""
+    return [
+        _col("example_id", "STRING", "REQUIRED"),
+        _col(config.key_field, "STRING", "REQUIRED"),
+        _col("event_time", "TIMESTAMP", "REQUIRED"),
+        _col("prediction", "FLOAT64", "REQUIRED"),
+        _col("predicted_label", "INT64"),
+        _col("model_version", "STRING", "REQUIRED"),
+        _col("inference_latency_ms", "FLOAT64"),
+        _col("predicted_at", "TIMESTAMP", "REQUIRED"),
+    ]
+
+
+QUALITY_SCHEMA: list[Field] = [
+    _col("window_start", "TIMESTAMP", "REQUIRED"),
+    _col("window_end", "TIMESTAMP", "REQUIRED"),
+    _col("model_version", "STRING", "REQUIRED"),
+    _col("examples", "INT64", "REQUIRED"),
+    _col("accuracy", "FLOAT64"),
+    _col("log_loss", "FLOAT64"),
+    _col("brier", "FLOAT64"),
+    _col("mean_prediction", "FLOAT64"),
+    _col("base_rate", "FLOAT64"),
+    _col("mae", "FLOAT64"),
+    _col("rmse", "FLOAT64"),
+    _col("pane_timing", "STRING"),
+    _col("computed_at", "TIMESTAMP", "REQUIRED"),
+]
+
+
 def table_schemas(config: DatasetConfig) -> dict[str, list[Field]]:
     """Every table the streaming pipeline writes, by table name."""
     t = config.tables
@@ -93,4 +124,6 @@ def table_schemas(config: DatasetConfig) -> dict[str, list[Field]]:
         t.aggregates: aggregate_schema(config),
         t.training_examples: training_schema(config),
         t.dead_letter: DEAD_LETTER_SCHEMA,
+        t.predictions: prediction_schema(config),
+        t.prediction_quality: QUALITY_SCHEMA,
     }

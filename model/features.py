@@ -1,0 +1,91 @@
+"""The one feature function: record features -> model input vector.
+
+Training, streaming inference, batch serving and the backtest all call
+``encode_features``/``encode_batch`` so there is no training/serving skew.
+The encoding depends only on the dataset config:
+
+* numeric (int/float): scaled to [0, 1] with the config's min/max when both
+  are set (clipped), else passed through;
+* bool: 0/1;
+* string with allowed ``values``: one-hot, in the config's order;
+* string without ``values``: one-hot over ``HASH_BUCKETS`` stable hash buckets.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+
+from pipelines.dataset_config import DatasetConfig, FeatureSpec
+
+HASH_BUCKETS = 16
+
+
+def _width(spec: FeatureSpec) -> int:
+    if spec.type == "string":
+        return len(spec.values) if spec.values else HASH_BUCKETS
+    return 1
+
+
+def feature_dim(config: DatasetConfig) -> int:
+    """Length of the encoded feature vector."""
+    return sum(_width(spec) for spec in config.features)
+
+
+def feature_columns(config: DatasetConfig) -> list[str]:
+    """A name per vector position (for debugging and feature importance)."""
+    names: list[str] = []
+    for spec in config.features:
+        if spec.type == "string":
+            labels = spec.values or tuple(f"bucket{i}" for i in range(HASH_BUCKETS))
+            names.extend(f"{spec.name}={v}" for v in labels)
+        else:
+            names.append(spec.name)
+    return names
+
+
+def _encode_into(out: np.ndarray, offset: int, spec: FeatureSpec, value: Any) -> int:
+    if spec.type == "string":
+        if spec.values:
+            if value in spec.values:
+                out[offset + spec.values.index(value)] = 1.0
+        else:
+            out[offset + zlib.crc32(str(value).encode()) % HASH_BUCKETS] = 1.0
+        return offset + _width(spec)
+    if spec.type == "bool":
+        out[offset] = 1.0 if value else 0.0
+        return offset + 1
+    x = float(value)
+    if spec.min is not None and spec.max is not None and spec.max > spec.min:
+        x = (min(max(x, spec.min), spec.max) - spec.min) / (spec.max - spec.min)
+    out[offset] = x
+    return offset + 1
+
+
+def encode_features(features: Mapping[str, Any], config: DatasetConfig) -> np.ndarray:
+    """Encodes one record's (validated) features as a float32 vector.
+
+    Raises:
+        KeyError: if a configured feature is missing (records are validated first).
+    """
+    out = np.zeros(feature_dim(config), dtype=np.float32)
+    offset = 0
+    for spec in config.features:
+        offset = _encode_into(out, offset, spec, features[spec.name])
+    return out
+
+
+def encode_batch(rows: Iterable[Mapping[str, Any]], config: DatasetConfig) -> np.ndarray:
+    """Encodes many rows (dicts with the feature columns) as an (n, dim) array."""
+    vectors = [encode_features(row, config) for row in rows]
+    if not vectors:
+        return np.zeros((0, feature_dim(config)), dtype=np.float32)
+    return np.stack(vectors)
+
+
+def label_array(rows: Iterable[Mapping[str, Any]], config: DatasetConfig) -> np.ndarray:
+    """The label column of ``rows`` as float32 (bool/int labels become 0/1)."""
+    return np.asarray([float(row[config.label.field]) for row in rows], dtype=np.float32)
