@@ -88,7 +88,13 @@ class RetrainingPolicy:
     max_interval_seconds: int | None = None
     drift_threshold: float | None = None
     quality_floor: float | None = None
+    quality_min_examples: int = 50
     training_window_rows: int = 50000
+    validation_fraction: float = 0.2
+    min_accuracy: float | None = None
+    max_quality_drop: float = 0.02
+    rollback_margin: float = 0.05
+    warm_start: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,6 +106,9 @@ class TableNames:
     dead_letter: str = "dead_letter"
     predictions: str = "predictions"
     prediction_quality: str = "prediction_quality"
+    retrain_triggers: str = "retrain_triggers"
+    training_runs: str = "training_runs"
+    data_quarantine: str = "data_quarantine"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -346,7 +355,19 @@ def _parse_retraining(r: _Reader, raw: Any) -> RetrainingPolicy:
         training_window_rows=r.get(
             m, "training_window_rows", path, int, defaults.training_window_rows
         ),
+        quality_min_examples=r.get(
+            m, "quality_min_examples", path, int, defaults.quality_min_examples
+        ),
+        validation_fraction=r.get(
+            m, "validation_fraction", path, float, defaults.validation_fraction
+        ),
+        min_accuracy=r.get(m, "min_accuracy", path, float, None),
+        max_quality_drop=r.get(m, "max_quality_drop", path, float, defaults.max_quality_drop),
+        rollback_margin=r.get(m, "rollback_margin", path, float, defaults.rollback_margin),
+        warm_start=r.get(m, "warm_start", path, bool, defaults.warm_start),
     )
+    if not 0.0 < policy.validation_fraction < 1.0:
+        raise r.fail(f"{path}.validation_fraction", "must be between 0 and 1")
     if policy.min_new_examples <= 0:
         raise r.fail(f"{path}.min_new_examples", "must be positive")
     if policy.min_interval_seconds < 0:

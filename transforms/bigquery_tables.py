@@ -117,6 +117,57 @@ QUALITY_SCHEMA: list[Field] = [
 ]
 
 
+# One row per retraining request the streaming pipeline publishes.
+TRIGGER_SCHEMA: list[Field] = [
+    _col("trigger_id", "STRING", "REQUIRED"),
+    _col("dataset", "STRING", "REQUIRED"),
+    _col("reason", "STRING", "REQUIRED"),
+    _col("sequence", "INT64", "REQUIRED"),
+    _col("new_examples", "INT64"),
+    _col("total_examples", "INT64"),
+    _col("event_time_start", "TIMESTAMP"),
+    _col("event_time_end", "TIMESTAMP"),
+    _col("details", "STRING"),
+    _col("created_at", "TIMESTAMP", "REQUIRED"),
+]
+
+# Append-only: one row per status change of a training run (queued, running,
+# succeeded, rejected, failed); the latest row per run_id is its state.
+TRAINING_RUNS_SCHEMA: list[Field] = [
+    _col("run_id", "STRING", "REQUIRED"),
+    _col("trigger_id", "STRING", "REQUIRED"),
+    _col("dataset", "STRING"),
+    _col("backend", "STRING"),
+    _col("status", "STRING", "REQUIRED"),
+    _col("reason", "STRING"),
+    _col("recorded_at", "TIMESTAMP", "REQUIRED"),
+    _col("started_at", "TIMESTAMP"),
+    _col("finished_at", "TIMESTAMP"),
+    _col("data_start", "TIMESTAMP"),
+    _col("data_end", "TIMESTAMP"),
+    _col("rows_train", "INT64"),
+    _col("rows_validation", "INT64"),
+    _col("metrics", "STRING"),
+    _col("gate_decisions", "STRING"),
+    _col("model_version", "STRING"),
+    _col("promoted", "BOOL"),
+    _col("error", "STRING"),
+]
+
+# Data a training run refused to train on, and why.
+QUARANTINE_SCHEMA: list[Field] = [
+    _col("run_id", "STRING", "REQUIRED"),
+    _col("check", "STRING", "REQUIRED"),
+    _col("feature", "STRING"),
+    _col("detail", "STRING"),
+    _col("example_ids", "STRING"),
+    _col("data_start", "TIMESTAMP"),
+    _col("data_end", "TIMESTAMP"),
+    _col("rows", "INT64"),
+    _col("quarantined_at", "TIMESTAMP", "REQUIRED"),
+]
+
+
 def table_schemas(config: DatasetConfig) -> dict[str, list[Field]]:
     """Every table the streaming pipeline writes, by table name."""
     t = config.tables
@@ -126,4 +177,7 @@ def table_schemas(config: DatasetConfig) -> dict[str, list[Field]]:
         t.dead_letter: DEAD_LETTER_SCHEMA,
         t.predictions: prediction_schema(config),
         t.prediction_quality: QUALITY_SCHEMA,
+        t.retrain_triggers: TRIGGER_SCHEMA,
+        t.training_runs: TRAINING_RUNS_SCHEMA,
+        t.data_quarantine: QUARANTINE_SCHEMA,
     }
