@@ -16,6 +16,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from pipelines.emulators import configure_bigquery_emulator
 from pipelines.options import bq_project, validated
 from pipelines.streaming import build_pipeline
+from transforms.triggers import initial_state_from_bigquery
 
 _LOG = logging.getLogger(__name__)
 
@@ -28,7 +29,7 @@ def run(argv: list[str] | None = None) -> None:
     except ValueError as e:
         sys.exit(f"error: {e}")
 
-    from local.resources import ensure_bigquery_tables
+    from local.resources import bigquery_client, ensure_bigquery_tables
 
     configure_bigquery_emulator(bq_project(options))
     ensure_bigquery_tables(bq_project(options), opts.bq_dataset, config)
@@ -39,8 +40,18 @@ def run(argv: list[str] | None = None) -> None:
         bq_project(options),
         opts.bq_dataset,
     )
+    trigger_state = None
+    if opts.retrain_topic:
+        trigger_state = initial_state_from_bigquery(
+            bigquery_client(bq_project(options)), bq_project(options), opts.bq_dataset, config
+        )
+        _LOG.info(
+            "Retraining triggers resume at sequence %d with %d pending examples",
+            trigger_state.sequence,
+            trigger_state.pending,
+        )
     pipeline = beam.Pipeline(options=options)
-    build_pipeline(pipeline, options)
+    build_pipeline(pipeline, options, trigger_state)
     result = pipeline.run()
     result.wait_until_finish()
 

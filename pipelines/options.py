@@ -13,6 +13,7 @@ from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOpt
 from pipelines.dataset_config import DatasetConfig, load_config
 
 _SUBSCRIPTION_RE = re.compile(r"^projects/[^/]+/subscriptions/[^/]+$")
+_TOPIC_RE = re.compile(r"^projects/[^/]+/topics/[^/]+$")
 _DATASET_RE = re.compile(r"^[A-Za-z0-9_]{1,1024}$")
 
 
@@ -60,6 +61,12 @@ class StreamingTrainingOptions(PipelineOptions):
             help="How often inference workers check the registry for a new current version.",
         )
         parser.add_argument(
+            "--retrain_topic",
+            default=None,
+            help="Pub/Sub topic for retraining requests (projects/<p>/topics/<t>). "
+            "Empty: no triggers.",
+        )
+        parser.add_argument(
             "--inference_max_batch_size",
             type=int,
             default=64,
@@ -86,6 +93,10 @@ def validated(options: PipelineOptions) -> tuple[StreamingTrainingOptions, Datas
         raise ValueError(f"--bq_dataset={opts.bq_dataset!r}: use letters, digits and underscores")
     if opts.dedup_window_seconds <= 0:
         raise ValueError("--dedup_window_seconds must be positive")
+    if opts.retrain_topic and not _TOPIC_RE.match(opts.retrain_topic):
+        raise ValueError(
+            f"--retrain_topic={opts.retrain_topic!r}: expected projects/<project>/topics/<name>"
+        )
     if opts.model_poll_seconds < 0:
         raise ValueError("--model_poll_seconds must be >= 0")
     if opts.inference_max_batch_size < 1:

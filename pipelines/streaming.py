@@ -28,11 +28,15 @@ from transforms.ingestion import ReadEvents
 from transforms.labeling import BuildTrainingExamples
 from transforms.quality import MeasureOnlineQuality
 from transforms.sinks import WriteDeadLetters, WriteRows
+from transforms.triggers import DecideRetraining, TriggerState, trigger_message
 from transforms.validation import DEAD_LETTER, ParseAndValidate
 
 
 def build_graph(
-    messages, config: DatasetConfig, inference: dict | None = None
+    messages,
+    config: DatasetConfig,
+    inference: dict | None = None,
+    triggers: TriggerState | None = None,
 ) -> dict[str, beam.PCollection]:
     """Applies validation, aggregation, labeling and (optionally) inference.
 
@@ -41,10 +45,13 @@ def build_graph(
         config: the dataset config.
         inference: ``PredictAndRecord`` keyword arguments (``registry_root``,
             ``poll_seconds``, ``max_batch_size``); None for no predictions.
+        triggers: the retraining trigger's starting state (rebuilt from
+            BigQuery at launch); None for no retraining triggers.
 
     Returns:
         ``{"records", "aggregates", "examples", "dead_letter"}`` PCollections,
-        plus ``"predictions"`` and ``"quality"`` with inference;
+        plus ``"predictions"`` and ``"quality"`` with inference and
+        ``"triggers"`` with triggers;
         ``dead_letter`` holds the rows of every step that rejected a message.
     """
     parsed = messages | "ParseAndValidate" >> ParseAndValidate(config)
@@ -65,6 +72,10 @@ def build_graph(
             predicted["predictions"],
             examples["examples"],
         ) | "MeasureOnlineQuality" >> MeasureOnlineQuality(config, config.evaluation_window_seconds)
+    if triggers is not None:
+        graph["triggers"] = graph["examples"] | "DecideRetraining" >> DecideRetraining(
+            config, triggers, quality=graph.get("quality")
+        )
     graph["dead_letter"] = errors | "FlattenRecordErrors" >> beam.Flatten()
     return graph
 
@@ -74,8 +85,14 @@ def uses_dataflow(options: PipelineOptions) -> bool:
     return "dataflow" in str(runner).lower()
 
 
-def build_pipeline(p: beam.Pipeline, options: PipelineOptions) -> dict[str, beam.PCollection]:
-    """Builds the whole streaming pipeline on ``p`` (does not run it)."""
+def build_pipeline(
+    p: beam.Pipeline, options: PipelineOptions, trigger_state: TriggerState | None = None
+) -> dict[str, beam.PCollection]:
+    """Builds the whole streaming pipeline on ``p`` (does not run it).
+
+    ``trigger_state`` is where the retraining trigger resumes (see
+    ``transforms.triggers.initial_state_from_bigquery``); used with --retrain_topic.
+    """
     opts, config = validated(options)
     tables = config.tables
     messages = p | "ReadEvents" >> ReadEvents(
@@ -91,13 +108,24 @@ def build_pipeline(p: beam.Pipeline, options: PipelineOptions) -> dict[str, beam
             "poll_seconds": opts.model_poll_seconds,
             "max_batch_size": opts.inference_max_batch_size,
         }
-    graph = build_graph(messages, config, inference)
+    triggers = None
+    if opts.retrain_topic:
+        triggers = trigger_state or TriggerState()
+    graph = build_graph(messages, config, inference, triggers)
     sinks = {
         "aggregates": ("WriteAggregates", tables.aggregates),
         "examples": ("WriteTrainingExamples", tables.training_examples),
         "predictions": ("WritePredictions", tables.predictions),
         "quality": ("WritePredictionQuality", tables.prediction_quality),
+        "triggers": ("WriteRetrainTriggers", tables.retrain_triggers),
     }
+    if "triggers" in graph:
+        _ = (
+            graph["triggers"]
+            | "TriggerMessages" >> beam.Map(trigger_message)
+            | "PublishRetrainTriggers"
+            >> beam.io.WriteToPubSub(opts.retrain_topic, with_attributes=True)
+        )
     dead = [graph["dead_letter"]]
     for name, (label, table) in sinks.items():
         if name in graph:
