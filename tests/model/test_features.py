@@ -31,7 +31,8 @@ def test_training_and_serving_rows_encode_identically():
     features produce the same vector: one function, no skew."""
     features = traffic_payload()
     training_row = {**features, "example_id": "m1", "label_source": "inline"}
-    assert np.array_equal(encode_features(features, TRAFFIC), encode_batch([training_row], TRAFFIC)[0])
+    served = encode_features(features, TRAFFIC)
+    assert np.array_equal(served, encode_batch([training_row], TRAFFIC)[0])
     assert encode_batch([], TRAFFIC).shape == (0, 7)
     assert label_array([training_row], TRAFFIC).tolist() == [0.0]
 
