@@ -21,7 +21,9 @@ setuptools.setup(
     version="0.1.0",
     description="Streaming continuous training on Apache Beam / Dataflow",
     python_requires=">=3.11",
-    packages=setuptools.find_packages(include=["pipelines*", "transforms*", "model*", "trainer*", "simulator*", "local*"]),
+    packages=setuptools.find_packages(
+        include=["pipelines*", "transforms*", "model*", "trainer*", "simulator*", "local*"]
+    ),
     package_data={"": ["*.yaml", "*.json"]},
     install_requires=_requirements(),
 )

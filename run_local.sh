@@ -1,0 +1,287 @@
+#!/usr/bin/env bash
+# Local end-to-end run: Pub/Sub + BigQuery emulators, the streaming pipeline on
+# the DirectRunner and the event simulator; progress every ~10 s; a JSON run
+# summary as the LAST line of output, whatever happens (normal end, error,
+# Ctrl-C/TERM). Everything it starts is stopped by PID (process groups).
+#
+# Usage: ./run_local.sh [--duration SECONDS] [--config PATH] [--rate N]
+#                       [--setup-only] [-- EXTRA PIPELINE ARGS...]
+#
+#   --duration SECONDS  simulate for SECONDS, drain (max DRAIN_SECONDS, 60), stop.
+#                       Default: run until Ctrl-C.
+#   --config PATH       dataset config (default configs/traffic.yaml)
+#   --rate N            events per second (default 30)
+#   --setup-only        set up venv, emulators and resources, print the summary, stop.
+#
+# Environment: PUBSUB_PORT (8085), BQ_REST_PORT (9050), BQ_GRPC_PORT (9060),
+# PROJECT (local-project), TOPIC, SUBSCRIPTION, BQ_DATASET (derived from the
+# config name), DRAIN_SECONDS (60), PROGRESS_SECONDS (10),
+# RUN_LOCAL_STATE_DIR (.local/run), SIMULATOR_ARGS (extra simulator flags).
+# Logs: <state dir>/pipeline.log, simulator.log, *-emulator.log.
+
+set -Eeuo pipefail
+cd "$(dirname "$0")"
+
+usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; }
+
+DURATION=""
+CONFIG="configs/traffic.yaml"
+RATE=30
+SETUP_ONLY=0
+PIPELINE_EXTRA=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --duration) DURATION="${2:-}"; shift 2 ;;
+    --duration=*) DURATION="${1#*=}"; shift ;;
+    --config) CONFIG="${2:-}"; shift 2 ;;
+    --config=*) CONFIG="${1#*=}"; shift ;;
+    --rate) RATE="${2:-}"; shift 2 ;;
+    --rate=*) RATE="${1#*=}"; shift ;;
+    --setup-only) SETUP_ONLY=1; shift ;;
+    -h | --help) usage; exit 0 ;;
+    --) shift; PIPELINE_EXTRA=("$@"); break ;;
+    *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+[[ -z "$DURATION" || "$DURATION" =~ ^[0-9]+$ ]] || { echo "--duration must be whole seconds" >&2; exit 2; }
+[[ "$RATE" =~ ^[0-9]+([.][0-9]+)?$ ]] || { echo "--rate must be a number" >&2; exit 2; }
+[ -f "$CONFIG" ] || { echo "config $CONFIG not found" >&2; exit 2; }
+
+STATE_DIR="${RUN_LOCAL_STATE_DIR:-.local/run}"
+PROJECT="${PROJECT:-local-project}"
+PUBSUB_PORT="${PUBSUB_PORT:-8085}"
+BQ_REST_PORT="${BQ_REST_PORT:-9050}"
+BQ_GRPC_PORT="${BQ_GRPC_PORT:-9060}"
+DRAIN_SECONDS="${DRAIN_SECONDS:-60}"
+PROGRESS_SECONDS="${PROGRESS_SECONDS:-10}"
+STATS_FILE="$STATE_DIR/publisher-stats.json"
+PIPELINE_LOG="$STATE_DIR/pipeline.log"
+SIMULATOR_LOG="$STATE_DIR/simulator.log"
+
+PY=""                 # venv python, once set up
+PIPELINE_PID=""
+SIMULATOR_PID=""
+HELPER_PID=""         # a long-running helper (drain wait), killed on exit
+EMULATORS_STARTED=0
+RUN_STATUS="error"    # completed | interrupted | setup_only | pipeline_died | simulator_failed | error
+DRAINED="null"
+FAILURE=""           # one-line reason when the run fails
+PIPELINE_EXIT="null"
+START_TS="$(date +%s)"
+
+say() { echo "[run_local $(date +%H:%M:%S)] $*"; }
+
+# Whether a process exists and is not a zombie.
+running() { [ -n "${1:-}" ] && ps -o stat= -p "$1" 2>/dev/null | grep -qv '^Z'; }
+
+# Stops the process group led by $1 (started with setsid): TERM, up to 15 s, KILL.
+stop_group() {
+  local pid="$1" name="$2" i
+  [ -n "$pid" ] || return 0
+  if running "$pid"; then
+    say "stopping $name (pid $pid)"
+    kill -TERM -- "-$pid" 2>/dev/null || true
+    for i in $(seq 1 75); do
+      running "$pid" || break
+      sleep 0.2
+    done
+    running "$pid" && say "$name ignored SIGTERM; killing it"
+  fi
+  kill -KILL -- "-$pid" 2>/dev/null || true  # stragglers of the group
+  wait "$pid" 2>/dev/null || true
+}
+
+show_log_tail() {
+  say "last lines of $1:"
+  tail -n "${2:-40}" "$1" 2>/dev/null | sed 's/^/    | /' || true
+}
+
+# summary_cmd SECONDS ARGS...: local.summary for this run, killed after SECONDS.
+summary_cmd() {
+  local limit="$1" stats=()
+  shift
+  [ -f "$STATS_FILE" ] && stats=(--stats-file "$STATS_FILE")
+  timeout "$limit" "$PY" -m local.summary --project "$PROJECT" --bq_dataset "$BQ_DATASET" \
+    --config "$CONFIG" --started-at "$START_TS" ${stats[@]+"${stats[@]}"} "$@"
+}
+
+cleanup() {
+  local rc=$? summary=""
+  trap '' INT TERM
+  trap - EXIT
+  set +e
+  [ "$RUN_STATUS" = "error" ] && [ "$rc" -eq 0 ] && RUN_STATUS="completed"
+  if [ -n "$HELPER_PID" ]; then
+    kill -TERM "$HELPER_PID" 2>/dev/null
+    wait "$HELPER_PID" 2>/dev/null
+  fi
+  stop_group "$SIMULATOR_PID" simulator
+  stop_group "$PIPELINE_PID" pipeline
+  rm -f "$STATE_DIR/pipeline.pid" "$STATE_DIR/simulator.pid"
+  local fields=(--field "run_status=$RUN_STATUS" --field "exit_code=$rc"
+    --field "pipeline_exit_code=$PIPELINE_EXIT" --field "drained=$DRAINED"
+    --field "state_dir=$STATE_DIR" --field "failure=${FAILURE:-null}")
+  if [ -n "$PY" ] && [ -n "${BQ_DATASET:-}" ]; then
+    if [ "$EMULATORS_STARTED" = 1 ]; then
+      summary="$(summary_cmd 90 --json "${fields[@]}" 2>/dev/null | tail -n 1)"
+    else
+      summary="$(summary_cmd 60 --json --skip-bigquery "${fields[@]}" 2>/dev/null |
+        tail -n 1)"
+    fi
+  fi
+  if [ -n "$PY" ]; then
+    timeout 60 "$PY" -m local.emulators stop --state-dir "$STATE_DIR" >/dev/null 2>&1 ||
+      say "WARNING: stopping the emulators failed; see $STATE_DIR/*.pid"
+  fi
+  if [[ "$summary" != "{"* ]]; then
+    summary="{\"run_status\":\"$RUN_STATUS\",\"exit_code\":$rc,\"errors\":[\"no summary: set-up did not get far enough (see messages above)\"]}"
+  fi
+  say "done ($RUN_STATUS); logs in $STATE_DIR"
+  echo "$summary"
+  exit "$rc"
+}
+
+on_signal() {
+  RUN_STATUS="interrupted"
+  say "received $1; stopping"
+  exit "$2"
+}
+
+trap cleanup EXIT
+trap 'on_signal SIGINT 130' INT
+trap 'on_signal SIGTERM 143' TERM
+
+# ----------------------------------------------------------------- set-up
+mkdir -p "$STATE_DIR"
+exec 9>"$STATE_DIR/run_local.lock"
+if command -v flock >/dev/null && ! flock -n 9; then
+  say "ERROR: another run_local.sh is using $STATE_DIR (set RUN_LOCAL_STATE_DIR to run a second one)"
+  exit 1
+fi
+
+# shellcheck source=local/setup_env.sh
+source local/setup_env.sh
+setup_env
+PY="$VENV_PY"
+
+CFG_NAME="$("$PY" -c 'import sys; from pipelines.dataset_config import load_config
+print(load_config(sys.argv[1]).name)' "$CONFIG")"
+TOPIC="${TOPIC:-${CFG_NAME}-events}"
+SUBSCRIPTION="${SUBSCRIPTION:-${CFG_NAME}-pipeline}"
+BQ_DATASET="${BQ_DATASET:-${CFG_NAME}_local}"
+
+if ! "$PY" -m local.emulators check --only pubsub >/dev/null; then
+  FAILURE="Pub/Sub emulator not installed"
+  exit 3  # the message above says how to install it
+fi
+
+# Leftovers of a run that was killed without its trap (SIGKILL, crash).
+for name in pipeline simulator; do
+  old="$(cat "$STATE_DIR/$name.pid" 2>/dev/null || true)"
+  if [ -n "$old" ] && running "$old" && tr '\0' ' ' <"/proc/$old/cmdline" 2>/dev/null |
+    grep -q -e pipelines.main -e simulator.publish; then
+    say "stopping leftover $name of an earlier run (pid $old)"
+    kill -KILL -- "-$old" 2>/dev/null || true
+  fi
+  rm -f "$STATE_DIR/$name.pid"
+done
+"$PY" -m local.emulators stop --state-dir "$STATE_DIR" 2>/dev/null || true
+rm -f "$STATS_FILE"
+
+say "starting emulators (Pub/Sub :$PUBSUB_PORT, BigQuery :$BQ_REST_PORT/:$BQ_GRPC_PORT)"
+EMULATORS_STARTED=1  # from here on, stop them on exit (stop is a no-op if none started)
+if ! exports="$("$PY" -m local.emulators start --state-dir "$STATE_DIR" --project "$PROJECT" \
+  --pubsub-port "$PUBSUB_PORT" --bq-rest-port "$BQ_REST_PORT" --bq-grpc-port "$BQ_GRPC_PORT")"; then
+  EMULATORS_STARTED=0
+  FAILURE="emulators did not start"
+  say "ERROR: the emulators did not start (see above; ports are set with PUBSUB_PORT, BQ_REST_PORT, BQ_GRPC_PORT)"
+  exit 1
+fi
+eval "$exports"
+export PUBSUB_EMULATOR_HOST BIGQUERY_EMULATOR_HOST GOOGLE_APPLICATION_CREDENTIALS
+say "PUBSUB_EMULATOR_HOST=$PUBSUB_EMULATOR_HOST BIGQUERY_EMULATOR_HOST=$BIGQUERY_EMULATOR_HOST"
+
+timeout 120 "$PY" -m local.resources --project "$PROJECT" --config "$CONFIG" \
+  --topic "$TOPIC" --subscription "$SUBSCRIPTION" --bq_dataset "$BQ_DATASET"
+
+if [ "$SETUP_ONLY" = 1 ]; then
+  RUN_STATUS="setup_only"
+  say "set-up only: emulators and resources are ready; stopping"
+  exit 0
+fi
+
+# ----------------------------------------------------------------- run
+say "starting the pipeline (log: $PIPELINE_LOG)"
+setsid "$PY" -m pipelines.main --runner DirectRunner --streaming --project "$PROJECT" \
+  --dataset_config "$CONFIG" \
+  --input_subscription "projects/$PROJECT/subscriptions/$SUBSCRIPTION" \
+  --bq_dataset "$BQ_DATASET" ${PIPELINE_EXTRA[@]+"${PIPELINE_EXTRA[@]}"} \
+  >"$PIPELINE_LOG" 2>&1 </dev/null 9>&- &
+PIPELINE_PID=$!
+echo "$PIPELINE_PID" >"$STATE_DIR/pipeline.pid"
+
+# Without --duration the simulator runs until stopped (Ctrl-C ends the run).
+SIM_DURATION=()
+[ -n "$DURATION" ] && SIM_DURATION=(--duration "$DURATION")
+say "starting the simulator: $RATE events/s for ${DURATION:-unlimited} s (log: $SIMULATOR_LOG)"
+# shellcheck disable=SC2086  # SIMULATOR_ARGS is split on purpose
+setsid "$PY" -m simulator.publish simulate --config "$CONFIG" \
+  --topic "projects/$PROJECT/topics/$TOPIC" --rate "$RATE" ${SIM_DURATION[@]+"${SIM_DURATION[@]}"} \
+  --malformed-fraction 0.02 --late-fraction 0.02 --duplicate-fraction 0.01 \
+  --stats-file "$STATS_FILE" ${SIMULATOR_ARGS:-} \
+  >"$SIMULATOR_LOG" 2>&1 </dev/null 9>&- &
+SIMULATOR_PID=$!
+echo "$SIMULATOR_PID" >"$STATE_DIR/simulator.pid"
+
+pipeline_died() {
+  PIPELINE_EXIT=0
+  wait "$PIPELINE_PID" 2>/dev/null || PIPELINE_EXIT=$?
+  PIPELINE_PID=""
+  RUN_STATUS="pipeline_died"
+  FAILURE="pipeline exited early with code $PIPELINE_EXIT; see $PIPELINE_LOG"
+  say "ERROR: the pipeline process exited early (exit code $PIPELINE_EXIT)"
+  show_log_tail "$PIPELINE_LOG" 40
+  exit 1
+}
+
+next_progress=$(($(date +%s) + PROGRESS_SECONDS))
+while running "$SIMULATOR_PID"; do
+  running "$PIPELINE_PID" || pipeline_died
+  if [ "$(date +%s)" -ge "$next_progress" ]; then
+    summary_cmd 30 --progress 2>/dev/null || say "(progress unavailable)"
+    next_progress=$(($(date +%s) + PROGRESS_SECONDS))
+  fi
+  sleep 1
+done
+sim_rc=0
+wait "$SIMULATOR_PID" 2>/dev/null || sim_rc=$?
+SIMULATOR_PID=""
+if [ "$sim_rc" -ne 0 ]; then
+  RUN_STATUS="simulator_failed"
+  FAILURE="simulator exited with code $sim_rc; see $SIMULATOR_LOG"
+  say "ERROR: the simulator exited with code $sim_rc"
+  show_log_tail "$SIMULATOR_LOG" 30
+  exit 1
+fi
+running "$PIPELINE_PID" || pipeline_died
+
+say "simulator finished; draining (at most $DRAIN_SECONDS s)"
+summary_cmd $((DRAIN_SECONDS + 60)) --json --wait-drained "$DRAIN_SECONDS" --poll-seconds 5 >/dev/null 2>"$STATE_DIR/drain.log" &
+HELPER_PID=$!
+drain_rc=0
+while running "$HELPER_PID"; do
+  running "$PIPELINE_PID" || pipeline_died
+  sleep 1
+done
+wait "$HELPER_PID" || drain_rc=$?
+HELPER_PID=""
+tail -n 1 "$STATE_DIR/drain.log" 2>/dev/null || true
+if [ "$drain_rc" -eq 0 ]; then
+  DRAINED=true
+  say "drained: dead letters caught up and training rows stopped growing"
+else
+  DRAINED=false
+  say "WARNING: not drained after $DRAIN_SECONDS s (see $STATE_DIR/drain.log); stopping anyway"
+fi
+RUN_STATUS="completed"
+exit 0

@@ -1,0 +1,241 @@
+"""Run summary: publisher stats + BigQuery row counts + dead-letter matching."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from google.cloud import bigquery
+
+from local import resources, summary
+from pipelines.dataset_config import load_config
+from transforms.bigquery_tables import table_schemas
+
+TRAFFIC = load_config("configs/traffic.yaml")
+_FILLED = ("aggregates", "training_examples", "dead_letter")
+REQUIRED_KEYS = {
+    "events_published",
+    "messages_sent",
+    "duplicates_published",
+    "malformed_published",
+    "dead_letters",
+    "malformed_dead_lettered",
+    "aggregate_rows",
+    "training_rows",
+    "tables",
+    "duration_seconds",
+    "errors",
+}
+STATS = {
+    "events_published": 10,
+    "valid_published": 7,
+    "malformed_published": 3,
+    "malformed_ids": ["m1", "m2", "m3"],
+    "duplicates_published": 1,
+    "late_published": 0,
+    "messages_sent": 11,
+    "running": False,
+}
+
+
+def _write_stats(tmp_path, stats: dict[str, Any] = STATS):
+    path = tmp_path / "stats.json"
+    path.write_text(json.dumps(stats))
+    return path
+
+
+def test_read_stats(tmp_path):
+    assert summary.read_stats(None) == {}
+    assert summary.read_stats(tmp_path / "missing.json") == {}
+    assert summary.read_stats(_write_stats(tmp_path))["messages_sent"] == 11
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(ValueError, match="bad.json"):
+        summary.read_stats(bad, attempts=1)
+
+
+def test_summary_without_bigquery_still_has_every_key(tmp_path):
+    result = summary.build_summary(
+        "local-project",
+        "ds",
+        TRAFFIC,
+        _write_stats(tmp_path),
+        duration_seconds=12.34,
+        extra={"run_status": "x"},
+        query_bigquery=False,
+    )
+    assert REQUIRED_KEYS <= set(result)
+    assert result["events_published"] == 10
+    assert result["malformed_ids_count"] == 3
+    assert result["training_rows"] is None
+    assert set(result["tables"]) == set(table_schemas(TRAFFIC))
+    assert all(n is None for n in result["tables"].values())
+    assert result["duration_seconds"] == 12.3
+    assert result["run_status"] == "x"
+    assert result["errors"] == ["BigQuery not queried"]
+    assert list(result)[-1] == "errors"
+
+
+def test_unreachable_emulator_is_reported_not_raised(monkeypatch):
+    monkeypatch.setenv("BIGQUERY_EMULATOR_HOST", "http://127.0.0.1:1")
+    result = summary.build_summary("local-project", "ds", TRAFFIC)
+    assert result["dead_letters"] is None
+    assert "not answering" in result["errors"][0]
+
+
+def test_progress_line():
+    line = summary.progress_line(
+        {
+            "events_published": 100,
+            "messages_sent": 103,
+            "malformed_published": 2,
+            "duplicates_published": 1,
+            "late_published": 2,
+            "tables": {"aggregates": 5, "training_examples": 90, "dead_letter": 2},
+            "dead_letters": 2,
+            "malformed_dead_lettered": 2,
+            "errors": [],
+        },
+        elapsed_seconds=42,
+    )
+    assert line.startswith("[   42s] published 100 events (sent 103")
+    assert "aggregates=5 training_examples=90 dead_letter=2" in line
+    assert "dead letters 2 (malformed matched 2/2)" in line
+
+
+def test_is_drained():
+    base = {"errors": [], "malformed_ids_count": 3, "malformed_published": 3}
+    done = {**base, "malformed_dead_lettered": 3, "dead_letters": 3, "training_rows": 50}
+    assert not summary.is_drained(done, None)
+    assert summary.is_drained(done, {"training_rows": 50})
+    assert not summary.is_drained(done, {"training_rows": 49})  # still growing
+    missing = {**done, "malformed_dead_lettered": 2}
+    assert not summary.is_drained(missing, {"training_rows": 50})
+    by_count = {"errors": [], "malformed_published": 2, "dead_letters": 2, "training_rows": 5}
+    assert summary.is_drained(by_count, {"training_rows": 5})
+
+
+def test_wait_drained_gives_up():
+    calls = []
+
+    def build():
+        calls.append(1)
+        return {"errors": [], "training_rows": len(calls), "dead_letters": 0}
+
+    drained, last = summary.wait_drained(build, max_wait_seconds=0.3, poll_seconds=0.1)
+    assert not drained
+    assert last["training_rows"] == len(calls) >= 2
+
+
+def _dead_letter(message_id: str) -> dict[str, Any]:
+    return {
+        "timestamp": "2024-01-01T00:00:00Z",
+        "payloadString": "{broken",
+        "attributes": [{"key": "message_id", "value": message_id}],
+        "errorMessage": "not JSON",
+        "step": "parse",
+        "messageId": message_id,
+    }
+
+
+def _training(i: int) -> dict[str, Any]:
+    return {
+        "example_id": f"e{i}",
+        "sensor_id": "S1",
+        "event_time": "2024-01-01T00:00:00Z",
+        "vehicle_count": 3,
+        "mean_speed_kmh": 40.0,
+        "occupancy": 0.1,
+        "hour_of_day": 8.0,
+        "road_type": "local",
+        "congested": 0,
+        "label_source": "inline",
+        "ingestion_id": f"m{i}",
+        "ingested_at": "2024-01-01T00:00:01Z",
+    }
+
+
+def _aggregate() -> dict[str, Any]:
+    return {
+        "sensor_id": "S1",
+        "window_name": "fixed_1m",
+        "window_start": "2024-01-01T00:00:00Z",
+        "window_end": "2024-01-01T00:01:00Z",
+        "pane_timing": "ON_TIME",
+        "pane_index": 0,
+        "is_last_pane": True,
+        "event_count": 2,
+        "computed_at": "2024-01-01T00:01:05Z",
+    }
+
+
+def _insert(client: bigquery.Client, table: str, rows: list[dict[str, Any]]) -> None:
+    errors = client.insert_rows_json(table, rows, timeout=30)
+    assert errors == []
+
+
+@pytest.mark.emulators
+def test_counts_and_malformed_matching(bigquery_client, gcp_project, unique_name, tmp_path):
+    resources.ensure_bigquery_tables(gcp_project, unique_name, TRAFFIC, client=bigquery_client)
+    prefix = f"{gcp_project}.{unique_name}"
+    # m1 twice (a redelivery), m2 once, m3 missing, x9 is some other rejected message
+    dead = [_dead_letter(i) for i in ("m1", "m1", "m2", "x9")]
+    _insert(bigquery_client, f"{prefix}.dead_letter", dead)
+    _insert(bigquery_client, f"{prefix}.training_examples", [_training(i) for i in range(5)])
+    _insert(bigquery_client, f"{prefix}.aggregates", [_aggregate()])
+    # a table the config does not know about is still counted
+    bigquery_client.create_table(
+        bigquery.Table(f"{prefix}.zz_not_in_config", schema=[bigquery.SchemaField("x", "INT64")])
+    )
+
+    result = summary.build_summary(
+        gcp_project, unique_name, TRAFFIC, _write_stats(tmp_path), started_at=0.0
+    )
+    assert result["errors"] == []
+    assert result["dead_letters"] == 4
+    assert result["malformed_dead_lettered"] == 2
+    assert result["malformed_ids_count"] == 3
+    assert result["training_rows"] == 5
+    assert result["aggregate_rows"] == 1
+    tables = result["tables"]
+    assert list(tables)[:3] == ["aggregates", "training_examples", "dead_letter"]
+    assert (tables["aggregates"], tables["training_examples"], tables["dead_letter"]) == (1, 5, 4)
+    assert list(tables)[-1] == "zz_not_in_config"  # config tables first, then the others
+    assert set(tables) == {*table_schemas(TRAFFIC), "zz_not_in_config"}
+    assert all(n == 0 for name, n in tables.items() if name not in _FILLED)
+    assert result["events_published"] == 10
+    assert result["duration_seconds"] > 0
+
+
+@pytest.mark.emulators
+def test_cli_prints_one_json_line(bigquery_emulator, gcp_project, unique_name, tmp_path, capsys):
+    resources.ensure_bigquery_tables(gcp_project, unique_name, TRAFFIC)
+    argv = ["--project", gcp_project, "--bq_dataset", unique_name]
+    argv += ["--config", "configs/traffic.yaml", "--stats-file", str(_write_stats(tmp_path))]
+    argv += ["--duration-seconds", "5", "--field", "drained=true", "--field", "note=hi", "--json"]
+    assert summary.main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1
+    result = json.loads(out)
+    assert REQUIRED_KEYS <= set(result)
+    assert set(result["tables"]) == set(table_schemas(TRAFFIC))
+    assert all(n == 0 for n in result["tables"].values())
+    assert result["malformed_dead_lettered"] == 0
+    assert result["drained"] is True and result["note"] == "hi"
+    assert result["duration_seconds"] == 5.0
+
+    assert summary.main([*argv[:-1], "--progress"]) == 0
+    assert capsys.readouterr().out.startswith("published 10 events")
+
+
+@pytest.mark.emulators
+def test_cli_wait_drained(bigquery_emulator, gcp_project, unique_name, tmp_path, capsys):
+    resources.ensure_bigquery_tables(gcp_project, unique_name, TRAFFIC)
+    argv = ["--project", gcp_project, "--bq_dataset", unique_name, "--config"]
+    argv += ["configs/traffic.yaml", "--stats-file", str(_write_stats(tmp_path))]
+    argv += ["--wait-drained", "1", "--poll-seconds", "0.3"]
+    assert summary.main(argv) == 2  # three malformed messages never dead-lettered
+    captured = capsys.readouterr()
+    assert "draining: published 10 events" in captured.err
+    assert json.loads(captured.out)["malformed_dead_lettered"] == 0
