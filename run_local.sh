@@ -5,13 +5,20 @@
 # Ctrl-C/TERM). Everything it starts is stopped by PID (process groups).
 #
 # Usage: ./run_local.sh [--duration SECONDS] [--config PATH] [--rate N]
-#                       [--setup-only] [-- EXTRA PIPELINE ARGS...]
+#                       [--drift-after SECONDS] [--setup-only] [-- EXTRA PIPELINE ARGS...]
 #
 #   --duration SECONDS  simulate for SECONDS, drain (max DRAIN_SECONDS, 60), stop.
 #                       Default: run until Ctrl-C.
 #   --config PATH       dataset config (default configs/traffic.yaml)
 #   --rate N            events per second (default 30)
+#   --drift-after S     the simulator's concept drift (road works) starts S seconds
+#                       in (default: 40% of --duration; none without --duration)
 #   --setup-only        set up venv, emulators and resources, print the summary, stop.
+#
+# The loop: a first model is bootstrapped from simulated history into the
+# registry (<state dir>/registry), the pipeline predicts with the current
+# version and publishes retraining triggers, the launcher trains, gates and
+# promotes new versions, which the pipeline picks up without a restart.
 #
 # Environment: PUBSUB_PORT (8085), BQ_REST_PORT (9050), BQ_GRPC_PORT (9060),
 # PROJECT (local-project), TOPIC, SUBSCRIPTION, BQ_DATASET (derived from the
@@ -25,6 +32,7 @@ cd "$(dirname "$0")"
 usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; }
 
 DURATION=""
+DRIFT_AFTER=""
 CONFIG="configs/traffic.yaml"
 RATE=30
 SETUP_ONLY=0
@@ -33,6 +41,8 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --duration) DURATION="${2:-}"; shift 2 ;;
     --duration=*) DURATION="${1#*=}"; shift ;;
+    --drift-after) DRIFT_AFTER="${2:-}"; shift 2 ;;
+    --drift-after=*) DRIFT_AFTER="${1#*=}"; shift ;;
     --config) CONFIG="${2:-}"; shift 2 ;;
     --config=*) CONFIG="${1#*=}"; shift ;;
     --rate) RATE="${2:-}"; shift 2 ;;
@@ -57,10 +67,12 @@ PROGRESS_SECONDS="${PROGRESS_SECONDS:-10}"
 STATS_FILE="$STATE_DIR/publisher-stats.json"
 PIPELINE_LOG="$STATE_DIR/pipeline.log"
 SIMULATOR_LOG="$STATE_DIR/simulator.log"
+LAUNCHER_LOG="$STATE_DIR/launcher.log"
 
 PY=""                 # venv python, once set up
 PIPELINE_PID=""
 SIMULATOR_PID=""
+LAUNCHER_PID=""
 HELPER_PID=""         # a long-running helper (drain wait), killed on exit
 EMULATORS_STARTED=0
 RUN_STATUS="error"    # completed | interrupted | setup_only | pipeline_died | simulator_failed | error
@@ -117,7 +129,8 @@ cleanup() {
   fi
   stop_group "$SIMULATOR_PID" simulator
   stop_group "$PIPELINE_PID" pipeline
-  rm -f "$STATE_DIR/pipeline.pid" "$STATE_DIR/simulator.pid"
+  stop_group "$LAUNCHER_PID" launcher
+  rm -f "$STATE_DIR/pipeline.pid" "$STATE_DIR/simulator.pid" "$STATE_DIR/launcher.pid"
   local fields=(--field "run_status=$RUN_STATUS" --field "exit_code=$rc"
     --field "pipeline_exit_code=$PIPELINE_EXIT" --field "drained=$DRAINED"
     --field "state_dir=$STATE_DIR" --field "failure=${FAILURE:-null}")
@@ -169,6 +182,11 @@ print(load_config(sys.argv[1]).name)' "$CONFIG")"
 TOPIC="${TOPIC:-${CFG_NAME}-events}"
 SUBSCRIPTION="${SUBSCRIPTION:-${CFG_NAME}-pipeline}"
 BQ_DATASET="${BQ_DATASET:-${CFG_NAME}_local}"
+RETRAIN_TOPIC="${RETRAIN_TOPIC:-${CFG_NAME}-retrain}"
+LAUNCHER_SUBSCRIPTION="${LAUNCHER_SUBSCRIPTION:-${CFG_NAME}-launcher}"
+MODEL_REGISTRY="${MODEL_REGISTRY:-$STATE_DIR/registry}"
+LAUNCHER_STATS_FILE="$STATE_DIR/launcher-stats.json"
+export MODEL_REGISTRY LAUNCHER_STATS_FILE
 
 if ! "$PY" -m local.emulators check --only pubsub >/dev/null; then
   FAILURE="Pub/Sub emulator not installed"
@@ -176,10 +194,10 @@ if ! "$PY" -m local.emulators check --only pubsub >/dev/null; then
 fi
 
 # Leftovers of a run that was killed without its trap (SIGKILL, crash).
-for name in pipeline simulator; do
+for name in pipeline simulator launcher; do
   old="$(cat "$STATE_DIR/$name.pid" 2>/dev/null || true)"
   if [ -n "$old" ] && running "$old" && tr '\0' ' ' <"/proc/$old/cmdline" 2>/dev/null |
-    grep -q -e pipelines.main -e simulator.publish; then
+    grep -q -e pipelines.main -e simulator.publish -e trainer.launcher; then
     say "stopping leftover $name of an earlier run (pid $old)"
     kill -KILL -- "-$old" 2>/dev/null || true
   fi
@@ -203,6 +221,21 @@ say "PUBSUB_EMULATOR_HOST=$PUBSUB_EMULATOR_HOST BIGQUERY_EMULATOR_HOST=$BIGQUERY
 
 timeout 120 "$PY" -m local.resources --project "$PROJECT" --config "$CONFIG" \
   --topic "$TOPIC" --subscription "$SUBSCRIPTION" --bq_dataset "$BQ_DATASET"
+# Retraining requests: the pipeline publishes, the launcher subscribes.
+timeout 120 "$PY" -m local.resources --project "$PROJECT" --config "$CONFIG" \
+  --topic "$RETRAIN_TOPIC" --subscription "$LAUNCHER_SUBSCRIPTION" --bq_dataset "$BQ_DATASET"
+
+# A fresh registry per run (the emulators are in-memory too).
+rm -rf "$MODEL_REGISTRY"
+if [ "$CFG_NAME" = "traffic" ]; then
+  say "bootstrapping the first model from simulated history (registry: $MODEL_REGISTRY)"
+  timeout 600 "$PY" -m trainer.bootstrap --config "$CONFIG" --registry "$MODEL_REGISTRY" \
+    --events "${BOOTSTRAP_EVENTS:-20000}" --if-empty >"$STATE_DIR/bootstrap.log" 2>&1 ||
+    { show_log_tail "$STATE_DIR/bootstrap.log" 30; FAILURE="bootstrap failed"; exit 1; }
+  tail -n 1 "$STATE_DIR/bootstrap.log"
+else
+  say "no simulated history for $CFG_NAME: the pipeline starts without a model (cold start)"
+fi
 
 if [ "$SETUP_ONLY" = 1 ]; then
   RUN_STATUS="setup_only"
@@ -215,14 +248,27 @@ say "starting the pipeline (log: $PIPELINE_LOG)"
 setsid "$PY" -m pipelines.main --runner DirectRunner --streaming --project "$PROJECT" \
   --dataset_config "$CONFIG" \
   --input_subscription "projects/$PROJECT/subscriptions/$SUBSCRIPTION" \
-  --bq_dataset "$BQ_DATASET" ${PIPELINE_EXTRA[@]+"${PIPELINE_EXTRA[@]}"} \
+  --bq_dataset "$BQ_DATASET" --model_registry "$MODEL_REGISTRY" --model_poll_seconds 5 \
+  --retrain_topic "projects/$PROJECT/topics/$RETRAIN_TOPIC" \
+  ${PIPELINE_EXTRA[@]+"${PIPELINE_EXTRA[@]}"} \
   >"$PIPELINE_LOG" 2>&1 </dev/null 9>&- &
 PIPELINE_PID=$!
 echo "$PIPELINE_PID" >"$STATE_DIR/pipeline.pid"
 
+say "starting the training launcher (log: $LAUNCHER_LOG)"
+setsid "$PY" -m trainer.launcher --project "$PROJECT" --config "$CONFIG" \
+  --subscription "projects/$PROJECT/subscriptions/$LAUNCHER_SUBSCRIPTION" \
+  --bq_dataset "$BQ_DATASET" --registry "$MODEL_REGISTRY" --backend local \
+  --state-dir "$STATE_DIR/launcher" --stats-file "$LAUNCHER_STATS_FILE" \
+  >"$LAUNCHER_LOG" 2>&1 </dev/null 9>&- &
+LAUNCHER_PID=$!
+echo "$LAUNCHER_PID" >"$STATE_DIR/launcher.pid"
+
 # Without --duration the simulator runs until stopped (Ctrl-C ends the run).
 SIM_DURATION=()
 [ -n "$DURATION" ] && SIM_DURATION=(--duration "$DURATION")
+if [ -z "$DRIFT_AFTER" ] && [ -n "$DURATION" ]; then DRIFT_AFTER=$((DURATION * 2 / 5)); fi
+[ -n "$DRIFT_AFTER" ] && SIM_DURATION+=(--drift-after "$DRIFT_AFTER")
 say "starting the simulator: $RATE events/s for ${DURATION:-unlimited} s (log: $SIMULATOR_LOG)"
 # shellcheck disable=SC2086  # SIMULATOR_ARGS is split on purpose
 setsid "$PY" -m simulator.publish simulate --config "$CONFIG" \
@@ -247,6 +293,7 @@ pipeline_died() {
 next_progress=$(($(date +%s) + PROGRESS_SECONDS))
 while running "$SIMULATOR_PID"; do
   running "$PIPELINE_PID" || pipeline_died
+  running "$LAUNCHER_PID" || { FAILURE="launcher exited early; see $LAUNCHER_LOG"; show_log_tail "$LAUNCHER_LOG" 30; exit 1; }
   if [ "$(date +%s)" -ge "$next_progress" ]; then
     summary_cmd 30 --progress 2>/dev/null || say "(progress unavailable)"
     next_progress=$(($(date +%s) + PROGRESS_SECONDS))

@@ -222,6 +222,94 @@ def malformed_matching(ctx: SummaryContext) -> dict[str, Any]:
 
 
 @collector
+def predictions(ctx: SummaryContext) -> dict[str, Any]:
+    """Predictions per model version and online quality (progressive validation)."""
+    if ctx.config is None:
+        return {}
+    t = ctx.config.tables
+    out: dict[str, Any] = {
+        "predictions": ctx.table_counts.get(t.predictions),
+        "predictions_by_model_version": None,
+        "quality_rows": ctx.table_counts.get(t.prediction_quality),
+        "accuracy_by_model_version": None,
+    }
+    if ctx.client is None or not out["predictions"]:
+        return out
+    rows = ctx.client.query(
+        f"SELECT model_version, COUNT(*) AS n FROM `{ctx.table_id(t.predictions)}` "
+        "GROUP BY model_version ORDER BY model_version",
+        retry=_RETRY,
+        timeout=QUERY_TIMEOUT_SECONDS,
+    ).result(retry=_RETRY, timeout=QUERY_TIMEOUT_SECONDS)
+    out["predictions_by_model_version"] = {r["model_version"]: int(r["n"]) for r in rows}
+    if out["quality_rows"]:
+        rows = ctx.client.query(
+            "SELECT model_version, SUM(accuracy * examples) / SUM(examples) AS accuracy, "
+            f"SUM(examples) AS scored FROM `{ctx.table_id(t.prediction_quality)}` "
+            "WHERE pane_timing = 'ON_TIME' AND accuracy IS NOT NULL "
+            "GROUP BY model_version ORDER BY model_version",
+            retry=_RETRY,
+            timeout=QUERY_TIMEOUT_SECONDS,
+        ).result(retry=_RETRY, timeout=QUERY_TIMEOUT_SECONDS)
+        out["accuracy_by_model_version"] = {
+            r["model_version"]: round(float(r["accuracy"]), 4) for r in rows if r["scored"]
+        }
+    return out
+
+
+@collector
+def retraining(ctx: SummaryContext) -> dict[str, Any]:
+    """Triggers, training runs, and what the registry promoted, rejected, rolled back."""
+    if ctx.config is None:
+        return {}
+    t = ctx.config.tables
+    out: dict[str, Any] = {
+        "retrain_triggers": ctx.table_counts.get(t.retrain_triggers),
+        "training_runs": None,
+        "training_runs_by_status": None,
+    }
+    if ctx.client is not None and ctx.table_counts.get(t.training_runs):
+        out["training_runs"] = int(
+            ctx.query_scalar(
+                f"SELECT COUNT(DISTINCT run_id) FROM `{ctx.table_id(t.training_runs)}`"
+            )
+            or 0
+        )
+        rows = ctx.client.query(
+            "SELECT status, COUNT(DISTINCT run_id) AS n "
+            f"FROM `{ctx.table_id(t.training_runs)}` GROUP BY status",
+            retry=_RETRY,
+            timeout=QUERY_TIMEOUT_SECONDS,
+        ).result(retry=_RETRY, timeout=QUERY_TIMEOUT_SECONDS)
+        out["training_runs_by_status"] = {r["status"]: int(r["n"]) for r in rows}
+    elif ctx.table_counts.get(t.training_runs) == 0:
+        out["training_runs"] = 0
+    root = os.environ.get("MODEL_REGISTRY")
+    if root:
+        from model.registry import ModelRegistry
+
+        registry = ModelRegistry(root)
+        history = registry.history()
+        promoted = [h for h in history if h.get("action") == "promote"]
+        out.update(
+            {
+                "model_versions": len(registry.versions()),
+                "model_versions_promoted": len({h.get("version") for h in promoted}),
+                "automatic_promotions": sum(
+                    1 for h in promoted if str(h.get("reason", "")).startswith("run ")
+                ),
+                "models_rejected": sum(1 for v in registry.versions() if v.status == "rejected"),
+                "rollbacks": sum(1 for h in history if h.get("action") == "rollback"),
+                "current_model_version": registry.current_version(),
+            }
+        )
+    launcher_stats = os.environ.get("LAUNCHER_STATS_FILE")
+    if launcher_stats:
+        out["launcher"] = read_stats(launcher_stats) or None
+    return out
+
+
+@collector
 def all_tables(ctx: SummaryContext) -> dict[str, Any]:
     """Row count of every table (config tables first, then any other table)."""
     return {"tables": dict(ctx.table_counts)}

@@ -97,6 +97,14 @@ class HotSwapModel:
         _LOG.info("Serving model version %s (was %s)", wanted, previous)
 
 
+# One HotSwapModel per registry per process. Beam's Shared handle keeps the
+# model only while a DoFn holds it; the local DirectRunner builds new DoFn
+# instances per bundle, which would reload the model for every bundle. A
+# process-wide strong reference keeps one loaded model per worker process.
+_MODELS: dict[tuple[str, float], HotSwapModel] = {}
+_MODELS_LOCK = threading.Lock()
+
+
 class RegistryModelHandler(TFModelHandlerNumpy):
     """``TFModelHandlerNumpy`` whose model is whatever the registry calls current.
 
@@ -115,6 +123,13 @@ class RegistryModelHandler(TFModelHandlerNumpy):
         self._no_model = Metrics.counter(NAMESPACE, "examples_without_model")
 
     def load_model(self) -> HotSwapModel:
+        key = (self._registry_root, self._poll_seconds)
+        with _MODELS_LOCK:
+            if key not in _MODELS:
+                _MODELS[key] = self._new_hot_swap_model()
+            return _MODELS[key]
+
+    def _new_hot_swap_model(self) -> HotSwapModel:
         from model.registry import ModelRegistry
 
         registry = ModelRegistry(self._registry_root)

@@ -56,6 +56,7 @@ import argparse
 import contextlib
 import dataclasses
 import datetime as dt
+import glob
 import json
 import logging
 import os
@@ -90,15 +91,55 @@ _VERSION_RE = re.compile(r"^v(\d{8}T\d{6}Z)-[0-9a-f]{6}$")
 _STAMP_FORMAT = "%Y%m%dT%H%M%SZ"
 
 
-def _gfile():
-    """``tf.io.gfile``, imported on first use (TensorFlow takes seconds to import)."""
+class _LocalFS:
+    """The subset of ``tf.io.gfile`` the registry uses, for local paths.
+
+    Reading the registry (the pipeline's pointer polls, the run summary, the
+    CLI) then needs no TensorFlow import, which takes seconds.
+    """
+
+    GFile = staticmethod(open)
+    exists = staticmethod(os.path.exists)
+    glob = staticmethod(glob.glob)
+    isdir = staticmethod(os.path.isdir)
+    listdir = staticmethod(os.listdir)
+    remove = staticmethod(os.remove)
+    rmtree = staticmethod(shutil.rmtree)
+
+    @staticmethod
+    def makedirs(path: str) -> None:
+        os.makedirs(path, exist_ok=True)
+
+    @staticmethod
+    def rename(src: str, dst: str, overwrite: bool = False) -> None:
+        if not overwrite and os.path.exists(dst):
+            raise FileExistsError(dst)
+        os.replace(src, dst)
+
+    @staticmethod
+    def copy(src: str, dst: str, overwrite: bool = False) -> None:
+        if not overwrite and os.path.exists(dst):
+            raise FileExistsError(dst)
+        shutil.copyfile(src, dst)
+
+
+def _is_remote(path: str) -> bool:
+    return "://" in path
+
+
+def _gfile(root: str):
+    """File operations for ``root``: local ones, or ``tf.io.gfile`` for URLs (gs://)."""
+    if not _is_remote(root):
+        return _LocalFS
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
 
     return tf.io.gfile
 
 
-def _not_found_error() -> type[Exception]:
+def _not_found_error(root: str) -> type[Exception]:
+    if not _is_remote(root):
+        return FileNotFoundError
     import tensorflow as tf
 
     return tf.errors.NotFoundError
@@ -229,9 +270,9 @@ class ModelRegistry:
     def _read_text(self, path: str) -> str | None:
         """A file's text, or None if it does not exist."""
         try:
-            with _gfile().GFile(path, "r") as f:
+            with _gfile(self.root).GFile(path, "r") as f:
                 return f.read()
-        except _not_found_error():
+        except _not_found_error(self.root):
             return None
 
     def _write_atomic(self, path: str, text: str) -> None:
@@ -240,7 +281,7 @@ class ModelRegistry:
         Locally: write a temporary file in the same directory, then rename it over
         ``path``. On GCS: one object write (atomic there; a rename would be a copy).
         """
-        gfile = _gfile()
+        gfile = _gfile(self.root)
         if self._remote:
             with gfile.GFile(path, "w") as f:
                 f.write(text)
@@ -258,7 +299,7 @@ class ModelRegistry:
 
     def _copy_tree(self, local_dir: str, dest: str) -> None:
         """Copies a local directory tree to ``dest`` (any gfile path)."""
-        gfile = _gfile()
+        gfile = _gfile(self.root)
         for dirpath, _, filenames in os.walk(local_dir):
             rel = os.path.relpath(dirpath, local_dir)
             target = dest if rel == "." else _join(dest, *rel.split(os.sep))
@@ -268,7 +309,7 @@ class ModelRegistry:
 
     def _version_dir_names(self) -> list[str]:
         """Names of all version directories (complete or not), excluding dot-dirs."""
-        gfile = _gfile()
+        gfile = _gfile(self.root)
         if not gfile.isdir(self.versions_dir):
             return []
         names = (n.rstrip("/") for n in gfile.listdir(self.versions_dir))
@@ -276,7 +317,7 @@ class ModelRegistry:
 
     def _complete_names(self) -> list[str]:
         """Names of complete versions, sorted (= chronological)."""
-        gfile = _gfile()
+        gfile = _gfile(self.root)
         if not gfile.isdir(self.versions_dir):
             return []
         pattern = _join(self.versions_dir, "*", COMPLETE_MARKER)
@@ -317,7 +358,7 @@ class ModelRegistry:
 
     def _record(self, event: dict[str, Any]) -> None:
         """Writes one history event file."""
-        gfile = _gfile()
+        gfile = _gfile(self.root)
         gfile.makedirs(self.history_dir)
         now = _utcnow()
         name = f"{now.strftime('%Y%m%dT%H%M%S')}{now.microsecond:06d}Z-{secrets.token_hex(3)}.json"
@@ -332,7 +373,7 @@ class ModelRegistry:
             "reason": reason,
             "previous": previous,
         }
-        _gfile().makedirs(self.root)
+        _gfile(self.root).makedirs(self.root)
         self._write_atomic(self.current_file, _dumps(pointer))
         return pointer
 
@@ -357,7 +398,7 @@ class ModelRegistry:
                 the message names the known versions.
         """
         path = self.version_path(version)
-        gfile = _gfile()
+        gfile = _gfile(self.root)
         if gfile.exists(_join(path, COMPLETE_MARKER)):
             return self._read_info(version)
         if gfile.isdir(path):
@@ -406,7 +447,7 @@ class ModelRegistry:
         Each event has ``at`` (RFC 3339), ``action`` (``promote`` or ``rollback``),
         ``version`` (the new current version), ``previous`` and ``reason``.
         """
-        gfile = _gfile()
+        gfile = _gfile(self.root)
         if not gfile.isdir(self.history_dir):
             return []
         events = []
@@ -435,7 +476,7 @@ class ModelRegistry:
         tmp_dir = tempfile.mkdtemp(prefix="registry-")
         try:
             local = os.path.join(tmp_dir, KERAS_FILE)
-            _gfile().copy(path, local, overwrite=True)
+            _gfile(self.root).copy(path, local, overwrite=True)
             return keras.models.load_model(local)
         finally:
             shutil.rmtree(tmp_dir, ignore_errors=True)
@@ -469,7 +510,7 @@ class ModelRegistry:
         import keras
         import tensorflow as tf
 
-        gfile = _gfile()
+        gfile = _gfile(self.root)
         now = _utcnow()
         gfile.makedirs(self.versions_dir)
         version = self._new_version_id(now)

@@ -112,13 +112,13 @@ def test_partial_versions_are_invisible(tmp_path, keras_model):
 
 def test_a_failed_publish_leaves_nothing_visible(tmp_path, keras_model, monkeypatch):
     registry = ModelRegistry(str(tmp_path))
-    import tensorflow as tf
+    from model import registry as registry_module
 
     def broken_rename(*args, **kwargs):
-        raise tf.errors.UnavailableError(None, None, "simulated outage")
+        raise OSError("simulated outage")
 
-    monkeypatch.setattr(tf.io.gfile, "rename", broken_rename)
-    with pytest.raises(tf.errors.UnavailableError):
+    monkeypatch.setattr(registry_module._LocalFS, "rename", staticmethod(broken_rename))
+    with pytest.raises(OSError, match="simulated outage"):
         registry.publish(keras_model, _meta())
     assert registry.versions() == []
     assert list((tmp_path / "versions").iterdir()) == []  # temporary directory removed
@@ -221,20 +221,20 @@ def test_promote_refuses_rejected_and_unknown_versions(tmp_path, keras_model):
 
 
 def test_current_pointer_is_replaced_by_rename(tmp_path, keras_model, monkeypatch):
-    import tensorflow as tf
+    from model import registry as registry_module
 
     registry = ModelRegistry(str(tmp_path))
     a = registry.publish(keras_model, _meta())
     b = registry.publish(keras_model, _meta())
 
-    real_rename = tf.io.gfile.rename
+    real_rename = registry_module._LocalFS.rename
     calls = []
 
     def spy(src, dst, overwrite=False):
         calls.append((src, dst, overwrite))
         return real_rename(src, dst, overwrite=overwrite)
 
-    monkeypatch.setattr(tf.io.gfile, "rename", spy)
+    monkeypatch.setattr(registry_module._LocalFS, "rename", staticmethod(spy))
     registry.promote(a)
     current_file = str(tmp_path / "CURRENT")
     renames = [(s, o) for s, d, o in calls if d == current_file]
@@ -249,7 +249,7 @@ def test_current_pointer_is_replaced_by_rename(tmp_path, keras_model, monkeypatc
             raise OSError("crash before rename")
         return real_rename(src, dst, overwrite=overwrite)
 
-    monkeypatch.setattr(tf.io.gfile, "rename", crash)
+    monkeypatch.setattr(registry_module._LocalFS, "rename", staticmethod(crash))
     with pytest.raises(OSError, match="crash before rename"):
         registry.promote(b)
     assert registry.current_version() == a

@@ -1,0 +1,173 @@
+"""trainer.data: the time split (no leakage) and the deduplicating window read."""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+
+import pytest
+
+from pipelines.dataset_config import load_config
+from simulator.traffic import TrafficSimulator
+from trainer.data import (
+    event_seconds,
+    read_training_window,
+    split_by_time,
+    time_range,
+    to_datetime,
+    window_query,
+)
+from transforms.validation import utc_iso
+
+TRAFFIC = load_config("configs/traffic.yaml")
+END = 1_700_006_000.0
+
+
+def training_rows(
+    n: int,
+    end: float = END,
+    rate: float = 2.0,
+    seed: int = 7,
+    prefix: str = "ex",
+    drift: bool = False,
+) -> list[dict]:
+    """Simulated traffic readings in the training table's row shape (JSON-ready)."""
+    sim = TrafficSimulator(
+        n_sensors=50, seed=seed, drift_after_seconds=0.0 if drift else None, start_time=0.0
+    )
+    out = []
+    for i, reading in enumerate(sim.history(n, end, rate)):
+        row = dict(reading)
+        row["example_id"] = f"{prefix}-{i}"
+        row["label_time"] = row["event_time"]
+        row["label_source"] = "inline"
+        row["ingestion_id"] = f"m-{prefix}-{i}"
+        row["ingested_at"] = utc_iso(end + 1.0)
+        out.append(row)
+    return out
+
+
+def test_split_by_time_has_no_leakage_whatever_the_order():
+    rows = training_rows(1000)
+    # Ties at the cut-off: duplicate some event times.
+    for i in range(0, 1000, 7):
+        rows[i]["event_time"] = rows[i - 1]["event_time"]
+    shuffled = rows[:]
+    random.Random(3).shuffle(shuffled)
+    train, validation = split_by_time(shuffled, 0.2)
+    assert len(train) + len(validation) == 1000
+    assert 180 <= len(validation) <= 220
+    assert max(event_seconds(r) for r in train) < min(event_seconds(r) for r in validation)
+    assert [event_seconds(r) for r in train] == sorted(event_seconds(r) for r in train)
+    assert {r["example_id"] for r in train}.isdisjoint(r["example_id"] for r in validation)
+
+
+def test_split_by_time_refuses_impossible_splits():
+    rows = training_rows(10)
+    with pytest.raises(ValueError):
+        split_by_time(rows, 0.0)
+    with pytest.raises(ValueError):
+        split_by_time(rows[:1], 0.2)
+    same = [dict(r, event_time=rows[0]["event_time"]) for r in rows]
+    with pytest.raises(ValueError, match="cannot split by time"):
+        split_by_time(same, 0.2)
+
+
+def test_time_values_and_range():
+    t = to_datetime("2023-11-14T22:14:00.500Z")
+    assert t == dt.datetime(2023, 11, 14, 22, 14, 0, 500000, tzinfo=dt.UTC)
+    assert to_datetime(t.timestamp()) == t
+    assert to_datetime(dt.datetime(2023, 1, 1)).tzinfo is not None
+    rng = time_range(training_rows(5))
+    assert rng["rows"] == 5 and rng["start"] < rng["end"]
+    assert time_range([]) == {"start": None, "end": None, "rows": 0}
+
+
+def test_window_query_dedupes_before_the_limit():
+    sql = window_query("p.d.t", True, True, True)
+    assert sql.index("ROW_NUMBER()") < sql.index("LIMIT @rows")
+    assert "event_time >= @start" in sql and "event_time < @end" in sql
+    assert "WHERE" not in window_query("p.d.t", False, False, False).split("AS t")[1].split(")")[0]
+
+
+@pytest.mark.emulators
+def test_read_training_window_from_bigquery(bigquery_client, gcp_project, unique_name):
+    from local.resources import ensure_bigquery_tables
+
+    ensure_bigquery_tables(gcp_project, unique_name, TRAFFIC, client=bigquery_client)
+    try:
+        rows = training_rows(300)
+        # A redelivered copy of the newest 10 rows, ingested later with another label:
+        # the later ingestion wins and the window still has distinct examples.
+        copies = [
+            dict(r, congested=1 - r["congested"], ingestion_id=r["ingestion_id"] + "-again")
+            for r in rows[-10:]
+        ]
+        for c in copies:
+            c["ingested_at"] = utc_iso(END + 60.0)
+        table = f"{gcp_project}.{unique_name}.{TRAFFIC.tables.training_examples}"
+        assert bigquery_client.insert_rows_json(table, rows + copies) == []
+
+        window = read_training_window(bigquery_client, gcp_project, unique_name, TRAFFIC, rows=100)
+        assert len(window) == 100
+        assert len({r["example_id"] for r in window}) == 100
+        times = [event_seconds(r) for r in window]
+        assert times == sorted(times)
+        assert window[-1]["example_id"] == rows[-1]["example_id"]
+        assert isinstance(window[0]["event_time"], dt.datetime)
+        flipped = {c["example_id"]: c["congested"] for c in copies}
+        for r in window:
+            if r["example_id"] in flipped:
+                assert r["congested"] == flipped[r["example_id"]]
+
+        everything = read_training_window(
+            bigquery_client, gcp_project, unique_name, TRAFFIC, rows=10_000
+        )
+        assert len(everything) == 300
+
+        start, end = rows[100]["event_time"], rows[150]["event_time"]
+        ranged = read_training_window(
+            bigquery_client, gcp_project, unique_name, TRAFFIC, start=start, end=end
+        )
+        assert [r["example_id"] for r in ranged] == [r["example_id"] for r in rows[100:150]]
+    finally:
+        bigquery_client.delete_dataset(unique_name, delete_contents=True, not_found_ok=True)
+
+
+class _FakeResult:
+    def __init__(self, calls):
+        self.calls = calls
+
+    def result(self):
+        return self
+
+    def to_arrow(self, create_bqstorage_client):
+        import pyarrow as pa
+
+        self.calls.append(create_bqstorage_client)
+        return pa.table({"example_id": ["b", "a"], "event_time": [2.0, 1.0]})
+
+
+class _FakeClient:
+    def __init__(self):
+        self.calls: list = []
+        self.sql = ""
+
+    def query(self, sql, job_config):
+        self.sql = sql
+        return _FakeResult(self.calls)
+
+
+def test_storage_read_api_only_without_an_emulator(monkeypatch):
+    client = _FakeClient()
+    monkeypatch.delenv("BIGQUERY_EMULATOR_HOST", raising=False)
+    rows = read_training_window(client, "p", "d", TRAFFIC)
+    assert client.calls == [True]
+    assert [r["example_id"] for r in rows] == ["a", "b"]  # oldest first
+    assert "`p.d.training_examples`" in client.sql and "LIMIT @rows" in client.sql
+    monkeypatch.setenv("BIGQUERY_EMULATOR_HOST", "http://127.0.0.1:9")
+    read_training_window(client, "p", "d", TRAFFIC, start="2024-01-01T00:00:00Z")
+    assert client.calls == [True, False]
+    assert "LIMIT" not in client.sql  # a time range without rows: everything in it
+    with pytest.raises(ValueError):
+        read_training_window(client, "p", "d", TRAFFIC, rows=0)

@@ -1,0 +1,239 @@
+"""trainer.task end to end against the BigQuery emulator, and trainer.runs."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import pytest
+
+from pipelines.dataset_config import load_config
+from tests.trainer.test_data import END, training_rows
+from trainer import runs
+from trainer.task import build_parser, main, options_from_args
+from transforms.bigquery_tables import TRAINING_RUNS_SCHEMA
+
+TRAFFIC = load_config("configs/traffic.yaml")
+
+
+def test_parser_accepts_the_launcher_arguments():
+    args = build_parser().parse_args(
+        [
+            "--config",
+            "configs/traffic.yaml",
+            "--project",
+            "local-project",
+            "--bq_dataset",
+            "d",
+            "--registry",
+            "/tmp/r",
+            "--run-id",
+            "r1",
+            "--trigger-id",
+            "t1",
+            "--backend",
+            "vertex",
+            "--drift-block-threshold",
+            "none",
+        ]
+    )
+    opts = options_from_args(args)
+    assert (opts.run_id, opts.trigger_id, opts.backend) == ("r1", "t1", "vertex")
+    assert opts.rows is None and opts.drift_block_threshold is None
+
+
+def test_typed_rows_are_checked_before_writing():
+    now = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
+    row = runs.typed_row(
+        {
+            "run_id": "r",
+            "trigger_id": "t",
+            "status": "succeeded",
+            "recorded_at": now,
+            "started_at": now.timestamp(),
+            "finished_at": "2024-01-01T00:00:05Z",
+            "rows_train": 10.0,
+            "metrics": {"accuracy": 0.9},
+            "promoted": True,
+            "model_version": None,
+        },
+        TRAINING_RUNS_SCHEMA,
+    )
+    assert row["recorded_at"] == row["started_at"] == "2024-01-01T00:00:00.000000Z"
+    assert row["finished_at"] == "2024-01-01T00:00:05.000000Z"
+    assert row["rows_train"] == 10 and json.loads(row["metrics"]) == {"accuracy": 0.9}
+    assert "model_version" not in row
+    for bad in (
+        {"rows_train": "ten"},
+        {"rows_train": 1.5},
+        {"promoted": "yes"},
+        {"recorded_at": "yesterday"},
+        {"unknown": 1},
+        {"run_id": None},
+    ):
+        with pytest.raises(ValueError):
+            runs.typed_row(
+                {"run_id": "r", "trigger_id": "t", "status": "running", "recorded_at": now, **bad},
+                TRAINING_RUNS_SCHEMA,
+            )
+    with pytest.raises(ValueError, match="status"):
+        runs.record_run_status(None, "p.d.t", {"run_id": "r", "trigger_id": "t", "status": "x"})
+
+
+def test_unreadable_config_is_a_failed_run(capsys):
+    code = main(
+        [
+            "--config",
+            "configs/nope.yaml",
+            "--project",
+            "local-project",
+            "--bq_dataset",
+            "d",
+            "--registry",
+            "/tmp/nowhere",
+            "--run-id",
+            "r",
+            "--trigger-id",
+            "t",
+        ],
+        client=object(),
+    )
+    assert code == 1
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert json.loads(last)["status"] == "failed"
+
+
+def _insert(client, table: str, rows: list[dict]) -> None:
+    for i in range(0, len(rows), 500):
+        assert client.insert_rows_json(table, rows[i : i + 500]) == []
+
+
+def _args(dataset: str, registry: str, run_id: str, project: str) -> list[str]:
+    return [
+        "--config",
+        "configs/traffic.yaml",
+        "--project",
+        project,
+        "--bq_dataset",
+        dataset,
+        "--registry",
+        registry,
+        "--run-id",
+        run_id,
+        "--trigger-id",
+        f"trigger-{run_id}",
+        "--rows",
+        "3000",
+        "--epochs",
+        "10",
+    ]
+
+
+def _last_json(capsys) -> dict:
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+@pytest.mark.emulators
+def test_training_runs_promote_then_reject_invalid_data(
+    bigquery_client, gcp_project, unique_name, tmp_path, capsys
+):
+    from local.resources import ensure_bigquery_tables
+    from model.registry import ModelRegistry
+
+    dataset = unique_name
+    ensure_bigquery_tables(gcp_project, dataset, TRAFFIC, client=bigquery_client)
+    registry_root = str(tmp_path / "registry")
+    registry = ModelRegistry(registry_root)
+    table = f"{gcp_project}.{dataset}.{TRAFFIC.tables.training_examples}"
+    try:
+        # 3,000 readings at 2/s: 25 minutes, 2.5 simulated days.
+        _insert(bigquery_client, table, training_rows(3000, rate=2.0))
+
+        # Run 1: clean data, no current model -> trained, gated, promoted.
+        code = main(_args(dataset, registry_root, "run1", gcp_project), client=bigquery_client)
+        summary = _last_json(capsys)
+        assert code == 0, summary
+        assert summary["status"] == "succeeded", summary
+        version = summary["model_version"]
+        assert registry.current_version() == version
+        info = registry.get(version)
+        assert info.status == "promoted"
+        meta = info.metadata
+        assert meta["run_id"] == "run1" and meta["trigger_id"] == "trigger-run1"
+        assert meta["parent_version"] is None
+        assert meta["training_data"]["rows_train"] + meta["training_data"]["rows_validation"] == (
+            3000
+        )
+        assert meta["statistics"]["rows"] == 3000
+        assert meta["metrics"]["accuracy"] >= TRAFFIC.retraining.min_accuracy
+
+        history = runs.run_history(bigquery_client, gcp_project, dataset, TRAFFIC, "run1")
+        assert [r["status"] for r in history] == ["running", "succeeded"]
+        final = history[-1]
+        assert final["promoted"] is True and final["model_version"] == version
+        assert final["rows_train"] == summary["rows_train"]
+        assert final["backend"] == "local" and final["dataset"] == "traffic"
+        assert final["data_start"] < final["data_end"]
+        decisions = json.loads(final["gate_decisions"])
+        assert decisions["infra"]["passed"] and decisions["quality"]["passed"]
+        assert "timings_s" in json.loads(final["metrics"])
+        latest = runs.latest_run_status(
+            bigquery_client, gcp_project, dataset, TRAFFIC, "trigger-run1"
+        )
+        assert latest["status"] == "succeeded" and latest["run_id"] == "run1"
+        assert (
+            runs.latest_run_status(bigquery_client, gcp_project, dataset, TRAFFIC, "nope") is None
+        )
+
+        # Run 2: newer rows from a broken feed (occupancy out of range) -> refused.
+        broken = training_rows(400, end=END + 200.0, rate=2.0, prefix="bad")
+        bad_ids = []
+        for i, row in enumerate(broken):
+            if i % 4 == 0:
+                row["occupancy"] = 3.5
+                bad_ids.append(row["example_id"])
+        _insert(bigquery_client, table, broken)
+        code = main(_args(dataset, registry_root, "run2", gcp_project), client=bigquery_client)
+        summary = _last_json(capsys)
+        assert code == 0 and summary["status"] == "rejected", summary
+        assert summary["reason"].startswith("data validation: out_of_domain occupancy")
+        assert registry.current_version() == version
+        assert len(registry.versions()) == 1
+
+        history = runs.run_history(bigquery_client, gcp_project, dataset, TRAFFIC, "run2")
+        assert [r["status"] for r in history] == ["running", "rejected"]
+        assert history[-1]["reason"].startswith("data validation:")
+        assert history[-1]["promoted"] is False
+        quarantine = [
+            dict(r)
+            for r in bigquery_client.query(
+                f"SELECT * FROM `{gcp_project}.{dataset}.{TRAFFIC.tables.data_quarantine}` "
+                "WHERE run_id = 'run2'"
+            ).result()
+        ]
+        assert [(q["check"], q["feature"]) for q in quarantine] == [("out_of_domain", "occupancy")]
+        ids = json.loads(quarantine[0]["example_ids"])
+        assert ids == bad_ids[:20]
+        assert quarantine[0]["rows"] == 3000
+        assert quarantine[0]["data_start"] < quarantine[0]["data_end"]
+
+        # Run 3: a crash (the registry path is a file) -> recorded as failed, exit 1.
+        not_a_dir = tmp_path / "not-a-registry"
+        not_a_dir.write_text("x")
+        code = main(_args(dataset, str(not_a_dir), "run3", gcp_project), client=bigquery_client)
+        assert code == 1 and _last_json(capsys)["status"] == "failed"
+        history = runs.run_history(bigquery_client, gcp_project, dataset, TRAFFIC, "run3")
+        assert [r["status"] for r in history] == ["running", "failed"]
+        assert history[-1]["error"] and history[-1]["reason"]
+    finally:
+        bigquery_client.delete_dataset(dataset, delete_contents=True, not_found_ok=True)
+
+
+def test_config_from_a_uri():
+    import os
+
+    from trainer.task import load_config_any
+
+    uri = "file://" + os.path.abspath("configs/traffic.yaml")
+    config = load_config_any(uri)
+    assert config.name == "traffic" and config.source_path == uri
