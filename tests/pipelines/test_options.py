@@ -1,0 +1,55 @@
+import json
+
+import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from pipelines.options import StreamingTrainingOptions, table_spec, validated
+
+GOOD = [
+    "--project=local-project",
+    "--dataset_config=configs/traffic.yaml",
+    "--input_subscription=projects/local-project/subscriptions/events",
+    "--bq_dataset=traffic",
+]
+
+
+def test_flex_template_parameters_are_exactly_the_options():
+    """metadata.json mirrors StreamingTrainingOptions: same names, same required set."""
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    StreamingTrainingOptions._add_argparse_args(parser)
+    flags = {a.dest for a in parser._actions if a.dest != "help"}
+    with open("templates/metadata.json") as f:
+        params = {p["name"]: p for p in json.load(f)["parameters"]}
+    assert set(params) == flags
+    required = {name for name, p in params.items() if not p.get("isOptional", False)}
+    assert required == {"dataset_config", "input_subscription", "bq_dataset"}
+
+
+def test_valid_options_load_the_config():
+    opts, config = validated(PipelineOptions(GOOD))
+    assert config.name == "traffic"
+    assert table_spec(PipelineOptions(GOOD), "aggregates") == "local-project:traffic.aggregates"
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("--input_subscription=events", "--input_subscription"),
+        ("--bq_dataset=bad-name", "--bq_dataset"),
+        ("--dataset_config=configs/nope.yaml", "does not exist"),
+        ("--retrain_topic=retrain", "--retrain_topic"),
+        ("--dedup_window_seconds=0", "--dedup_window_seconds"),
+    ],
+)
+def test_bad_options_fail_early_with_the_flag_named(override, message):
+    name = override.split("=")[0]
+    args = [a for a in GOOD if not a.startswith(name + "=")] + [override]
+    with pytest.raises(ValueError, match=message):
+        validated(PipelineOptions(args))
+
+
+def test_missing_required_flag():
+    with pytest.raises(ValueError, match="--bq_dataset is required"):
+        validated(PipelineOptions(GOOD[:3]))
