@@ -10,7 +10,7 @@
 #   --duration SECONDS  simulate for SECONDS, drain (max DRAIN_SECONDS, 60), stop.
 #                       Default: run until Ctrl-C.
 #   --config PATH       dataset config (default configs/traffic.yaml)
-#   --rate N            events per second (default 30)
+#   --rate N            events per second (default 10; the local runner sustains ~12-15)
 #   --drift-after S     the simulator's concept drift (road works) starts S seconds
 #                       in (default: 40% of --duration; none without --duration)
 #   --setup-only        set up venv, emulators and resources, print the summary, stop.
@@ -34,7 +34,7 @@ usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; }
 DURATION=""
 DRIFT_AFTER=""
 CONFIG="configs/traffic.yaml"
-RATE=30
+RATE=10
 SETUP_ONLY=0
 PIPELINE_EXTRA=()
 while [ $# -gt 0 ]; do

@@ -26,7 +26,7 @@ from pipelines.options import table_spec, validated
 from transforms.aggregation import WindowAndAggregate
 from transforms.ingestion import ReadEvents
 from transforms.labeling import BuildTrainingExamples
-from transforms.quality import MeasureOnlineQuality
+from transforms.quality import JoinPredictionsWithLabels, MeasureOnlineQuality
 from transforms.sinks import WriteDeadLetters, WriteRows
 from transforms.triggers import DecideRetraining, TriggerState, trigger_message
 from transforms.validation import DEAD_LETTER, ParseAndValidate
@@ -63,15 +63,21 @@ def build_graph(
     graph = {"records": records, "aggregates": aggregates, "examples": examples["examples"]}
     if inference is not None:
         # Imported here: TensorFlow loads only for pipelines that predict.
-        from transforms.inference import PredictAndRecord
+        from transforms.inference import SCORED, PredictAndRecord
 
         predicted = features | "PredictAndRecord" >> PredictAndRecord(config, **inference)
         errors.append(predicted["dead_letter"])
         graph["predictions"] = predicted["predictions"]
-        graph["quality"] = (
-            predicted["predictions"],
-            examples["examples"],
-        ) | "MeasureOnlineQuality" >> MeasureOnlineQuality(config, config.evaluation_window_seconds)
+        if config.label.source == "inline":
+            scored = predicted[SCORED]
+        else:
+            scored = (
+                predicted["predictions"],
+                examples["examples"],
+            ) | "JoinPredictionsWithLabels" >> JoinPredictionsWithLabels(config)
+        graph["quality"] = scored | "MeasureOnlineQuality" >> MeasureOnlineQuality(
+            config, config.evaluation_window_seconds
+        )
     if triggers is not None:
         graph["triggers"] = graph["examples"] | "DecideRetraining" >> DecideRetraining(
             config, triggers, quality=graph.get("quality")

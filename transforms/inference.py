@@ -18,6 +18,7 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import KeyedModelHandler, PredictionResult, RunInference
+from apache_beam.pvalue import TaggedOutput
 from apache_beam.transforms.window import TimestampedValue
 
 from model.features import encode_features
@@ -28,13 +29,21 @@ from transforms.validation import Record, dead_letter_row, utc_iso
 NAMESPACE = "inference"
 STEP = "PredictAndRecord"
 
-# (example_id, entity key, event time seconds): travels with the example.
-ExampleKey = tuple[str, str, float]
+# (example_id, entity key, event time seconds, inline label or None): travels
+# with the example through RunInference.
+ExampleKey = tuple[str, str, float, Any]
+SCORED = "scored"
 
 
 def example_key(record: Record) -> ExampleKey:
-    """The key a prediction keeps: example id (join id or message id), entity, time."""
-    return (record["join_id"] or record["message_id"], record["key"], record["event_time"])
+    """The key a prediction keeps: example id (join id or message id), entity, time,
+    and the label when it came with the features (inline labels)."""
+    return (
+        record["join_id"] or record["message_id"],
+        record["key"],
+        record["event_time"],
+        record["label"],
+    )
 
 
 def prediction_row(
@@ -45,7 +54,7 @@ def prediction_row(
     if version is None or result.inference is None:
         return None
     value = float(getattr(result.inference, "numpy", lambda: result.inference)().reshape(-1)[0])
-    example_id, entity, event_time = key
+    example_id, entity, event_time = key[:3]
     predicted_label = None
     if config.label.task == "binary_classification":
         predicted_label = int(value >= 0.5)
@@ -81,6 +90,10 @@ class _FormatPredictionFn(beam.DoFn):
         Metrics.counter(NAMESPACE, f"predictions_by_version_{row['model_version']}").inc()
         # Batching may move timestamps; predictions live at their event time.
         yield TimestampedValue(row, key[2])
+        label = key[3]
+        if label is not None:  # inline label: score now, no join needed
+            scored = (row["model_version"], (row["prediction"], float(label)))
+            yield TaggedOutput(SCORED, TimestampedValue(scored, key[2]))
 
 
 def _failed_rows(failure, step: str) -> list[dict]:
@@ -105,7 +118,8 @@ def _failed_rows(failure, step: str) -> list[dict]:
 
 
 class PredictAndRecord(beam.PTransform):
-    """Feature records -> prediction rows (main) and dead-letter rows."""
+    """Feature records -> prediction rows, dead-letter rows and, for inline
+    labels, ``scored`` ``(model_version, (prediction, label))`` pairs."""
 
     def __init__(
         self,
@@ -138,7 +152,9 @@ class PredictAndRecord(beam.PTransform):
         results, failures = (
             keyed | "RunInference" >> RunInference(self.handler()).with_exception_handling()
         )
-        predictions = results | "FormatPredictions" >> beam.ParDo(_FormatPredictionFn(config))
+        formatted = results | "FormatPredictions" >> beam.ParDo(
+            _FormatPredictionFn(config)
+        ).with_outputs(SCORED, main="predictions")
         failed = [failures.failed_inferences, *failures.failed_preprocessing]
         failed.extend(failures.failed_postprocessing)
         dead = (
@@ -146,4 +162,8 @@ class PredictAndRecord(beam.PTransform):
             | "FlattenInferenceFailures" >> beam.Flatten()
             | "InferenceFailuresToDeadLetter" >> beam.FlatMap(_failed_rows, STEP)
         )
-        return {"predictions": predictions, "dead_letter": dead}
+        return {
+            "predictions": formatted.predictions,
+            SCORED: formatted[SCORED],
+            "dead_letter": dead,
+        }

@@ -170,13 +170,16 @@ class _FormatQualityFn(beam.DoFn):
         }
 
 
-class MeasureOnlineQuality(beam.PTransform):
-    """(predictions, training examples) -> per-window, per-version quality rows."""
+class JoinPredictionsWithLabels(beam.PTransform):
+    """(prediction rows, training example rows) -> ``(model_version, (prediction, label))``.
 
-    def __init__(self, config: DatasetConfig, window_seconds: int):
+    For labels that arrive in their own, later message. (Inline labels are
+    scored by ``PredictAndRecord`` directly: no state needed.)
+    """
+
+    def __init__(self, config: DatasetConfig):
         super().__init__()
         self._config = config
-        self._window_seconds = window_seconds
 
     def expand(self, pcolls):
         predictions, examples = pcolls
@@ -194,6 +197,21 @@ class MeasureOnlineQuality(beam.PTransform):
             (tagged_predictions, tagged_labels)
             | "FlattenPredictionsAndLabels" >> beam.Flatten()
             | "JoinPredictionWithLabel" >> beam.ParDo(_JoinPredictionLabelFn(cfg.label.field, wait))
+        )
+
+
+class MeasureOnlineQuality(beam.PTransform):
+    """``(model_version, (prediction, label))`` -> per-window, per-version quality rows."""
+
+    def __init__(self, config: DatasetConfig, window_seconds: int):
+        super().__init__()
+        self._config = config
+        self._window_seconds = window_seconds
+
+    def expand(self, scored):
+        cfg = self._config
+        return (
+            scored
             | "QualityWindow"
             >> beam.WindowInto(
                 window.FixedWindows(self._window_seconds),

@@ -57,7 +57,7 @@ def test_a_broken_version_keeps_the_serving_one():
 
 def test_prediction_row_keeps_key_version_and_latency():
     result = PredictionResult(np.zeros(3), np.array([0.75], dtype=np.float32), "v7|12.500")
-    row = prediction_row(TRAFFIC, ("m1", "S0003", T0), result, now=T0 + 2)
+    row = prediction_row(TRAFFIC, ("m1", "S0003", T0, 1), result, now=T0 + 2)
     assert row == {
         "example_id": "m1",
         "sensor_id": "S0003",
@@ -68,5 +68,7 @@ def test_prediction_row_keeps_key_version_and_latency():
         "inference_latency_ms": 12.5,
         "predicted_at": "2023-11-14T22:14:02.000000Z",
     }
-    assert prediction_row(TRAFFIC, ("m1", "S0003", T0), PredictionResult(None, None, None)) is None
+    assert (
+        prediction_row(TRAFFIC, ("m1", "S0003", T0, 1), PredictionResult(None, None, None)) is None
+    )
     assert split_model_id(None) == (None, None)

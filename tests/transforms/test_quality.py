@@ -9,7 +9,13 @@ from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms.window import TimestampedValue
 
 from tests.helpers import ADS, T0
-from transforms.quality import MeasureOnlineQuality, add_scored, empty_quality, quality_metrics
+from transforms.quality import (
+    JoinPredictionsWithLabels,
+    MeasureOnlineQuality,
+    add_scored,
+    empty_quality,
+    quality_metrics,
+)
 
 
 def test_classification_metrics():
@@ -68,7 +74,9 @@ def test_late_labels_are_scored_per_model_version():
         events = p | stream
         predictions = events | "Predictions" >> beam.Filter(lambda r: "model_version" in r)
         labels = events | "Labels" >> beam.Filter(lambda r: "model_version" not in r)
-        rows = (predictions, labels) | MeasureOnlineQuality(ADS, 60)
+        rows = (
+            (predictions, labels) | JoinPredictionsWithLabels(ADS) | MeasureOnlineQuality(ADS, 60)
+        )
         assert_that(
             rows
             | beam.Map(
