@@ -75,8 +75,8 @@ class SummaryContext:
         """Fully qualified ``project.dataset.table`` for use in SQL."""
         return f"{self.project}.{self.dataset}.{table}"
 
-    def query_scalar(self, sql: str, params: Sequence[Any] = ()) -> Any:
-        """Runs a query with bounded retries and returns the first cell."""
+    def query_rows(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        """Runs a query with bounded retries and returns its rows."""
         if self.client is None:
             raise RuntimeError("no BigQuery client")
         job = self.client.query(
@@ -85,7 +85,11 @@ class SummaryContext:
             retry=_RETRY,
             timeout=QUERY_TIMEOUT_SECONDS,
         )
-        rows = list(job.result(retry=_RETRY, timeout=QUERY_TIMEOUT_SECONDS))
+        return list(job.result(retry=_RETRY, timeout=QUERY_TIMEOUT_SECONDS))
+
+    def query_scalar(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        """Runs a query with bounded retries and returns the first cell."""
+        rows = self.query_rows(sql, params)
         return rows[0][0] if rows else None
 
 
@@ -235,22 +239,18 @@ def predictions(ctx: SummaryContext) -> dict[str, Any]:
     }
     if ctx.client is None or not out["predictions"]:
         return out
-    rows = ctx.client.query(
+    rows = ctx.query_rows(
         f"SELECT model_version, COUNT(*) AS n FROM `{ctx.table_id(t.predictions)}` "
-        "GROUP BY model_version ORDER BY model_version",
-        retry=_RETRY,
-        timeout=QUERY_TIMEOUT_SECONDS,
-    ).result(retry=_RETRY, timeout=QUERY_TIMEOUT_SECONDS)
+        "GROUP BY model_version ORDER BY model_version"
+    )
     out["predictions_by_model_version"] = {r["model_version"]: int(r["n"]) for r in rows}
     if out["quality_rows"]:
-        rows = ctx.client.query(
+        rows = ctx.query_rows(
             "SELECT model_version, SUM(accuracy * examples) / SUM(examples) AS accuracy, "
             f"SUM(examples) AS scored FROM `{ctx.table_id(t.prediction_quality)}` "
             "WHERE pane_timing = 'ON_TIME' AND accuracy IS NOT NULL "
-            "GROUP BY model_version ORDER BY model_version",
-            retry=_RETRY,
-            timeout=QUERY_TIMEOUT_SECONDS,
-        ).result(retry=_RETRY, timeout=QUERY_TIMEOUT_SECONDS)
+            "GROUP BY model_version ORDER BY model_version"
+        )
         out["accuracy_by_model_version"] = {
             r["model_version"]: round(float(r["accuracy"]), 4) for r in rows if r["scored"]
         }
@@ -275,12 +275,10 @@ def retraining(ctx: SummaryContext) -> dict[str, Any]:
             )
             or 0
         )
-        rows = ctx.client.query(
+        rows = ctx.query_rows(
             "SELECT status, COUNT(DISTINCT run_id) AS n "
-            f"FROM `{ctx.table_id(t.training_runs)}` GROUP BY status",
-            retry=_RETRY,
-            timeout=QUERY_TIMEOUT_SECONDS,
-        ).result(retry=_RETRY, timeout=QUERY_TIMEOUT_SECONDS)
+            f"FROM `{ctx.table_id(t.training_runs)}` GROUP BY status"
+        )
         out["training_runs_by_status"] = {r["status"]: int(r["n"]) for r in rows}
     elif ctx.table_counts.get(t.training_runs) == 0:
         out["training_runs"] = 0

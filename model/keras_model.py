@@ -8,6 +8,7 @@ for regression. Input is the float vector, so serving needs exactly the same
 
 from __future__ import annotations
 
+import math
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -19,6 +20,8 @@ from model.features import feature_dim  # noqa: E402
 from pipelines.dataset_config import DatasetConfig  # noqa: E402
 
 HIDDEN_UNITS = 16
+MIN_STEPS = 600
+MAX_EPOCHS = 200
 
 
 def build_model(config: DatasetConfig, seed: int = 0) -> keras.Model:
@@ -47,10 +50,17 @@ def fit(
     batch_size: int = 128,
     validation: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> keras.callbacks.History:
-    """Trains ``model`` quietly; stops early when validation loss stops improving."""
+    """Trains ``model`` quietly; stops early when validation loss stops improving.
+
+    Small windows get smaller batches and more epochs, so every run takes at
+    least ``MIN_STEPS`` gradient steps (800 rows at batch 128 would be ~50).
+    """
+    batch_size = max(16, min(batch_size, len(x) // 25 or 16))
+    steps_per_epoch = max(1, math.ceil(len(x) / batch_size))
+    epochs = min(MAX_EPOCHS, max(epochs, math.ceil(MIN_STEPS / steps_per_epoch)))
     callbacks = []
     if validation is not None:
-        callbacks.append(keras.callbacks.EarlyStopping(patience=2, restore_best_weights=True))
+        callbacks.append(keras.callbacks.EarlyStopping(patience=3, restore_best_weights=True))
     return model.fit(
         x,
         y,

@@ -1228,6 +1228,37 @@ class Launcher:
             logger.info("monitor: %s: %s", version, text)
         self.stats["monitor"] = {"version": version, "note": text, "at": _now_iso()}
 
+    def confirm_offline(self, current: str, previous: str, since: Any) -> tuple[bool, str]:
+        """Scores both versions on the same labeled rows since ``since``.
+
+        Online quality compares the new version's windows with the previous
+        version's *earlier* windows; under concept drift both degrade, and the
+        drop says nothing about which model is better. So a rollback must also
+        hold on the same recent rows: the previous version must beat the current
+        one there by ``rollback_margin`` (accuracy; RMSE relative for regression).
+        Too few rows to tell: the online evidence stands.
+        """
+        from model.features import encode_batch, label_array
+        from trainer.data import read_training_window
+        from trainer.metrics import evaluate
+
+        policy, task = self.config.retraining, self.config.label.task
+        rows = read_training_window(
+            self.client, self.bq_project, self.bq_dataset, self.config, start=since
+        )
+        if len(rows) < policy.quality_min_examples:
+            return True, f"only {len(rows)} labeled rows since promotion: online evidence stands"
+        x, y = encode_batch(rows, self.config), label_array(rows, self.config)
+        cur = evaluate(self.registry.load_keras(current), x, y, task)
+        prev = evaluate(self.registry.load_keras(previous), x, y, task)
+        if task == "binary_classification":
+            worse = prev["accuracy"] - cur["accuracy"] > policy.rollback_margin
+            facts = f"accuracy {cur['accuracy']:.4f} vs previous {prev['accuracy']:.4f}"
+        else:
+            worse = cur["rmse"] > prev["rmse"] * (1 + policy.rollback_margin)
+            facts = f"rmse {cur['rmse']:.4f} vs previous {prev['rmse']:.4f}"
+        return worse, f"on the same {len(rows)} recent labeled rows: {facts}"
+
     def monitor_once(self) -> bool:
         """Checks the current version against the previous one; rolls back if needed."""
         if self.registry is None:
@@ -1266,6 +1297,11 @@ class Launcher:
         self._note(current, reason)
         if not decision:
             return False
+        confirmed, offline = self.confirm_offline(current, previous, since)
+        if not confirmed:
+            self._note(current, f"online drop not confirmed offline, kept: {offline}")
+            return False
+        reason = f"{reason}; {offline}"
         text = f"automatic rollback: {reason}"
         self.registry.rollback(to_version=previous, reason=text)
         self.stats["rollbacks"] += 1

@@ -749,3 +749,62 @@ def test_vertex_cli_settings_and_refusals(tmp_path):
     assert backend.settings == SETTINGS
     assert L.main([*base, "--registry", str(tmp_path), *vertex]) == 2  # local registry
     assert L.main([*base, "--registry", "gs://bucket/registry"]) == 2  # no vertex flags
+
+
+@pytest.mark.emulators
+def test_monitor_confirms_an_online_drop_on_the_same_recent_rows(
+    world, bigquery_client, gcp_project
+):
+    """Concept drift lowers every version's online accuracy: the monitor rolls back
+    only if the previous version also scores better on the same labeled rows."""
+    from tests.helpers import traffic_payload
+    from tests.transforms.test_inference import constant_model
+    from trainer.runs import insert_typed_rows
+    from transforms.bigquery_tables import QUALITY_SCHEMA, training_schema
+    from transforms.labeling import training_row
+    from transforms.validation import validate_payload
+
+    online = [
+        *[_quality("v1", m, 200, 0.9) for m in range(0, 5)],
+        _quality("v2", 31, 150, 0.5),
+        _quality("v2", 32, 150, 0.5),
+    ]
+    insert_typed_rows(
+        bigquery_client,
+        L.quality_table(gcp_project, world.dataset, TRAFFIC),
+        online,
+        QUALITY_SCHEMA,
+    )
+    promoted = 1767227400.0  # 2026-01-01T00:30:00Z, the FakeRegistry's promoted_at
+    congested = [
+        training_row(
+            TRAFFIC,
+            validate_payload(
+                traffic_payload(f"S{i}", promoted + 10 + i, congested=1), TRAFFIC, f"r{i}"
+            ),
+            1,
+            promoted + 10 + i,
+            "inline",
+        )
+        for i in range(60)
+    ]
+    insert_typed_rows(
+        bigquery_client,
+        f"{gcp_project}.{world.dataset}.{TRAFFIC.tables.training_examples}",
+        congested,
+        training_schema(TRAFFIC),
+    )
+    says_yes, says_no = constant_model(5.0), constant_model(-5.0)
+
+    # v2 (current) predicts "congested", right on every recent row: the drop is drift.
+    kept = FakeRegistry()
+    kept.load_keras = {"v2": says_yes, "v1": says_no}.get
+    launcher = world.make_launcher(registry=kept)
+    assert launcher.monitor_once() is False and not kept.rollbacks
+    assert "not confirmed offline" in launcher.stats["monitor"]["note"]
+
+    # v1 (previous) is the one right on the same rows: roll back.
+    worse = FakeRegistry()
+    worse.load_keras = {"v2": says_no, "v1": says_yes}.get
+    assert world.make_launcher(registry=worse).monitor_once() is True
+    assert "on the same 60 recent labeled rows" in worse.rollbacks[0][1]
