@@ -225,8 +225,8 @@ timeout 120 "$PY" -m local.resources --project "$PROJECT" --config "$CONFIG" \
 timeout 120 "$PY" -m local.resources --project "$PROJECT" --config "$CONFIG" \
   --topic "$RETRAIN_TOPIC" --subscription "$LAUNCHER_SUBSCRIPTION" --bq_dataset "$BQ_DATASET"
 
-# A fresh registry per run (the emulators are in-memory too).
-rm -rf "$MODEL_REGISTRY"
+# A fresh registry and launcher state per run (the emulators are in-memory too).
+rm -rf "$MODEL_REGISTRY" "$STATE_DIR/launcher"
 if [ "$CFG_NAME" = "traffic" ]; then
   say "bootstrapping the first model from simulated history (registry: $MODEL_REGISTRY)"
   timeout 600 "$PY" -m trainer.bootstrap --config "$CONFIG" --registry "$MODEL_REGISTRY" \
