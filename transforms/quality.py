@@ -29,9 +29,6 @@ from transforms.validation import utc_iso
 
 NAMESPACE = "quality"
 EPS = 1e-7
-# Inline labels arrive with their features; give predictions this long (event time).
-INLINE_JOIN_SECONDS = 300
-
 # Accumulator: [n, correct, log_loss, brier, prediction_sum, label_sum, abs_err, sq_err]
 QualityAcc = list
 
@@ -184,9 +181,7 @@ class JoinPredictionsWithLabels(beam.PTransform):
     def expand(self, pcolls):
         predictions, examples = pcolls
         cfg = self._config
-        wait = (
-            cfg.label.max_delay_seconds if cfg.label.source == "separate" else INLINE_JOIN_SECONDS
-        )
+        wait = cfg.label.max_delay_seconds
         tagged_predictions = predictions | "TagPredictions" >> beam.Map(
             lambda r: (r["example_id"], ("prediction", r))
         )
