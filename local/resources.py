@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -29,6 +28,7 @@ from google.api_core import exceptions as gexc
 from google.cloud import bigquery
 
 from pipelines.dataset_config import DatasetConfig, load_config
+from pipelines.emulators import bigquery_emulator_url
 from transforms.bigquery_tables import table_schemas
 
 logger = logging.getLogger(__name__)
@@ -59,14 +59,12 @@ def bigquery_client(project: str) -> bigquery.Client:
     With an emulator configured the client uses anonymous credentials (no
     credentials lookup at all) and accepts the host with or without ``http://``.
     """
-    host = os.environ.get("BIGQUERY_EMULATOR_HOST")
+    host = bigquery_emulator_url()
     if not host:
         return bigquery.Client(project=project)
     from google.api_core.client_options import ClientOptions
     from google.auth.credentials import AnonymousCredentials
 
-    if "://" not in host:
-        host = f"http://{host}"
     return bigquery.Client(
         project=project,
         credentials=AnonymousCredentials(),

@@ -288,15 +288,16 @@ def retraining(ctx: SummaryContext) -> dict[str, Any]:
 
         registry = ModelRegistry(root)
         history = registry.history()
+        versions = registry.versions()
         promoted = [h for h in history if h.get("action") == "promote"]
         out.update(
             {
-                "model_versions": len(registry.versions()),
+                "model_versions": len(versions),
                 "model_versions_promoted": len({h.get("version") for h in promoted}),
                 "automatic_promotions": sum(
                     1 for h in promoted if str(h.get("reason", "")).startswith("run ")
                 ),
-                "models_rejected": sum(1 for v in registry.versions() if v.status == "rejected"),
+                "models_rejected": sum(1 for v in versions if v.status == "rejected"),
                 "rollbacks": sum(1 for h in history if h.get("action") == "rollback"),
                 "current_model_version": registry.current_version(),
             }

@@ -23,6 +23,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from pipelines.dataset_config import DatasetConfig
+from trainer.data import rfc3339
 from transforms.bigquery_tables import QUARANTINE_SCHEMA, TRAINING_RUNS_SCHEMA
 
 API_TIMEOUT_SECONDS = 30.0
@@ -40,22 +41,16 @@ def utcnow() -> dt.datetime:
 
 
 def _timestamp(name: str, value: Any) -> str:
-    if isinstance(value, dt.datetime):
-        stamp = value if value.tzinfo else value.replace(tzinfo=dt.UTC)
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        if not math.isfinite(value):
-            raise ValueError(f"{name}: not a finite time: {value!r}")
-        stamp = dt.datetime.fromtimestamp(float(value), tz=dt.UTC)
-    elif isinstance(value, str):
-        try:
-            stamp = dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-        except ValueError as e:
-            raise ValueError(f"{name}: not an RFC 3339 time: {value!r}") from e
-        if stamp.tzinfo is None:
-            stamp = stamp.replace(tzinfo=dt.UTC)
-    else:
-        raise ValueError(f"{name}: expected a TIMESTAMP, got {type(value).__name__} {value!r}")
-    return stamp.astimezone(dt.UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{name}: not a finite time: {value!r}")
+    try:
+        return rfc3339(value)
+    except TypeError as e:
+        raise ValueError(
+            f"{name}: expected a TIMESTAMP, got {type(value).__name__} {value!r}"
+        ) from e
+    except ValueError as e:
+        raise ValueError(f"{name}: not an RFC 3339 time: {value!r}") from e
 
 
 def _coerce(name: str, bq_type: str, value: Any) -> Any:

@@ -110,6 +110,11 @@ class FeatureStatsFn(beam.CombineFn):
         return summarize(acc, self._with_label)
 
 
+def pane_timing(pane) -> str:
+    """A pane's firing as the string the tables store (EARLY, ON_TIME, LATE)."""
+    return {0: "EARLY", 1: "ON_TIME", 2: "LATE"}.get(pane.timing, "UNKNOWN")
+
+
 def window_fn(spec: WindowSpec):
     if spec.kind == "fixed":
         return window.FixedWindows(spec.size_seconds)
@@ -132,7 +137,7 @@ class _FormatAggregateFn(beam.DoFn):
         pane=beam.DoFn.PaneInfoParam,
     ):
         key, stats = element
-        timing = {0: "EARLY", 1: "ON_TIME", 2: "LATE"}.get(pane.timing, "UNKNOWN")
+        timing = pane_timing(pane)
         self._rows.inc()
         if timing == "LATE":
             self._late_rows.inc()

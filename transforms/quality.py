@@ -25,6 +25,7 @@ from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec
 from apache_beam.utils.timestamp import Timestamp
 
 from pipelines.dataset_config import DatasetConfig
+from transforms.aggregation import pane_timing
 from transforms.validation import utc_iso
 
 NAMESPACE = "quality"
@@ -162,7 +163,7 @@ class _FormatQualityFn(beam.DoFn):
             "window_end": utc_iso(float(win.end)),
             "model_version": version,
             **metrics,
-            "pane_timing": {0: "EARLY", 1: "ON_TIME", 2: "LATE"}.get(pane.timing, "UNKNOWN"),
+            "pane_timing": pane_timing(pane),
             "computed_at": utc_iso(dt.datetime.now(dt.UTC).timestamp()),
         }
 

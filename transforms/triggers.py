@@ -34,7 +34,7 @@ from apache_beam.transforms import window
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
 
 from pipelines.dataset_config import DatasetConfig, RetrainingPolicy
-from transforms.validation import utc_iso
+from transforms.validation import parse_event_time, utc_iso
 
 NAMESPACE = "triggers"
 COUNT_WINDOW_SECONDS = 10
@@ -51,10 +51,6 @@ class TriggerState:
     pending_end: float | None = None
     last_trigger_time: float | None = None
     quality_alarm: dict | None = None
-
-
-def _parse_time(value: str) -> float:
-    return dt.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
 
 
 def add_examples(state: TriggerState, count: int, start: float, end: float) -> None:
@@ -188,7 +184,7 @@ class DecideRetraining(beam.PTransform):
         counts = (
             examples
             | "ExampleIdAndTime"
-            >> beam.Map(lambda r: (r["example_id"], _parse_time(r["event_time"])))
+            >> beam.Map(lambda r: (r["example_id"], parse_event_time(r["event_time"], "iso8601")))
             | "CountWindow" >> beam.WindowInto(window.FixedWindows(COUNT_WINDOW_SECONDS))
             | "CountDistinctExamples" >> beam.CombineGlobally(DistinctCountFn()).without_defaults()
             | "GlobalCounts" >> beam.WindowInto(window.GlobalWindows())
