@@ -66,6 +66,16 @@ def wait_until(
     raise AssertionError(f"condition not met within {timeout} s; pipeline log:\n{tail(log_path)}")
 
 
+def wait_for_start(proc: subprocess.Popen, log_path: Path, timeout: float = 120) -> None:
+    """Waits until ``pipelines.main`` has created its tables and is starting the runner.
+
+    Event-time deadlines in a test should be taken after this: the local runner's
+    watermark follows the wall clock, so start-up time would otherwise count
+    against them.
+    """
+    wait_until(lambda: "Starting " in log_path.read_text(errors="replace"), timeout, proc, log_path)
+
+
 def tail(path: Path, lines: int = 40) -> str:
     text = path.read_text(errors="replace").splitlines()
     return "\n".join(line for line in text if "WARNING" not in line[:40])[-6000:] or "\n".join(

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from local.resources import ensure_pubsub
-from tests.e2e import count, publish, running_pipeline, wait_until
+from tests.e2e import count, publish, running_pipeline, wait_for_start, wait_until
 from tests.helpers import DROP, traffic_payload
 from transforms.validation import utc_iso
 
@@ -48,6 +48,7 @@ def test_traffic_events_land_in_bigquery_with_every_malformed_message_dead_lette
                 count(bigquery_client, unique_name, "training_examples") >= 60
                 and count(bigquery_client, unique_name, "dead_letter") >= len(malformed)
                 and count(bigquery_client, unique_name, "aggregates", "window_name='fixed_1m'") >= 3
+                and set(_final_fixed_counts(bigquery_client, unique_name).values()) == {20}
             )
 
         wait_until(landed, timeout=150, proc=proc, log_path=log)
@@ -73,13 +74,43 @@ def test_traffic_events_land_in_bigquery_with_every_malformed_message_dead_lette
     assert "above the maximum" in dead["bad-range"]["errorMessage"]
     assert dead["bad-json"]["payloadString"] == "not json"
     assert {"key": "message_id", "value": "bad-json"} in dead["bad-json"]["attributes"]
-    fixed = list(
+    # All 60 events share one event time, so each sensor has one 1-minute window.
+    # The runner's watermark follows the wall clock: whether a message is read
+    # before or after its window closes depends on timing, so it counts in the
+    # ON_TIME pane or in a LATE one. Panes accumulate: the last pane holds every
+    # event exactly once; a sensor has at most one ON_TIME pane and no EARLY one.
+    assert _final_fixed_counts(bigquery_client, unique_name) == {"S0": 20, "S1": 20, "S2": 20}
+    panes = list(
         bigquery_client.query(
-            f"SELECT sensor_id, SUM(event_count) AS n FROM `{unique_name}.aggregates` "
-            "WHERE window_name = 'fixed_1m' AND pane_timing = 'ON_TIME' GROUP BY sensor_id"
+            f"SELECT sensor_id, pane_timing, pane_index FROM `{unique_name}.aggregates` "
+            "WHERE window_name = 'fixed_1m'"
         ).result()
     )
-    assert {row["sensor_id"]: row["n"] for row in fixed} == {"S0": 20, "S1": 20, "S2": 20}
+    assert {row["pane_timing"] for row in panes} <= {"ON_TIME", "LATE"}
+    on_time = [row["sensor_id"] for row in panes if row["pane_timing"] == "ON_TIME"]
+    assert len(on_time) == len(set(on_time))
+    indices = [(row["sensor_id"], row["pane_index"]) for row in panes]
+    assert len(indices) == len(set(indices))
+
+
+def _final_fixed_counts(client, dataset: str) -> dict[str, int]:
+    """Per sensor, the event count of the latest (accumulated) 1-minute pane."""
+    from google.api_core.exceptions import NotFound
+
+    query = (
+        f"SELECT sensor_id, pane_index, event_count FROM `{dataset}.aggregates` "
+        "WHERE window_name = 'fixed_1m'"
+    )
+    latest: dict[str, tuple[int, int]] = {}
+    try:
+        rows = list(client.query(query).result())
+    except NotFound:
+        return {}
+    for row in rows:
+        seen = latest.get(row["sensor_id"])
+        if seen is None or row["pane_index"] > seen[0]:
+            latest[row["sensor_id"]] = (row["pane_index"], row["event_count"])
+    return {sensor: n for sensor, (_, n) in latest.items()}
 
 
 def test_second_dataset_joins_late_labels(
@@ -90,13 +121,12 @@ def test_second_dataset_joins_late_labels(
     is dead-lettered."""
     with open("configs/ad_conversions.yaml") as f:
         raw = yaml.safe_load(f)
-    raw["label"]["max_delay_seconds"] = 10
+    raw["label"]["max_delay_seconds"] = 25
     config_path = tmp_path / "ads.yaml"
     config_path.write_text(yaml.safe_dump(raw))
     _, subscription = ensure_pubsub(gcp_project, unique_name, f"{unique_name}-sub")
-    now = time.time()
 
-    def impression(i: int) -> tuple[dict, dict]:
+    def impression(i: int, now: float) -> tuple[dict, dict]:
         payload = {
             "impression_id": f"imp{i}",
             "ad_id": f"ad{i % 4}",
@@ -110,7 +140,9 @@ def test_second_dataset_joins_late_labels(
 
     log = tmp_path / "pipeline.log"
     with running_pipeline(gcp_project, str(config_path), subscription, unique_name, log) as proc:
-        publish(gcp_project, unique_name, [impression(i) for i in range(20)])
+        wait_for_start(proc, log)
+        now = time.time()  # the labels' 25 s deadline counts from here
+        publish(gcp_project, unique_name, [impression(i, now) for i in range(20)])
         time.sleep(3)
         later = time.time()
         conversions = [
