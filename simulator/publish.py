@@ -1159,24 +1159,23 @@ def export_ads(
 # --------------------------------------------------------------------------------------
 
 
-def _fraction(value: str) -> float:
-    try:
-        f = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {value!r}") from None
-    if not 0.0 <= f <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {value!r}")
-    return f
+def _number_type(description: str, ok: Callable[[float], bool]) -> Callable[[str], float]:
+    """An argparse ``type`` that parses a float and checks it, naming what was expected."""
+
+    def parse(value: str) -> float:
+        try:
+            f = float(value)
+        except ValueError:
+            f = math.nan
+        if math.isnan(f) or not ok(f):
+            raise argparse.ArgumentTypeError(f"expected {description}, got {value!r}")
+        return f
+
+    return parse
 
 
-def _positive(value: str) -> float:
-    try:
-        f = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {value!r}") from None
-    if not f > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {value!r}")
-    return f
+_fraction = _number_type("a number in [0, 1]", lambda f: 0.0 <= f <= 1.0)
+_positive = _number_type("a positive number", lambda f: f > 0)
 
 
 def _add_sim_args(p: argparse.ArgumentParser) -> None:
