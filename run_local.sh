@@ -7,7 +7,7 @@
 # Usage: ./run_local.sh [--duration SECONDS] [--config PATH] [--rate N]
 #                       [--drift-after SECONDS] [--setup-only] [-- EXTRA PIPELINE ARGS...]
 #
-#   --duration SECONDS  simulate for SECONDS, drain (max DRAIN_SECONDS, 60), stop.
+#   --duration SECONDS  simulate for SECONDS, drain (max DRAIN_SECONDS, 120), stop.
 #                       Default: run until Ctrl-C.
 #   --config PATH       dataset config (default configs/traffic.yaml)
 #   --rate N            events per second (default 10; the local runner sustains ~12-15)
@@ -22,7 +22,7 @@
 #
 # Environment: PUBSUB_PORT (8085), BQ_REST_PORT (9050), BQ_GRPC_PORT (9060),
 # PROJECT (local-project), TOPIC, SUBSCRIPTION, BQ_DATASET (derived from the
-# config name), DRAIN_SECONDS (60), PROGRESS_SECONDS (10),
+# config name), DRAIN_SECONDS (120), PROGRESS_SECONDS (10),
 # RUN_LOCAL_STATE_DIR (.local/run), SIMULATOR_ARGS (extra simulator flags).
 # Logs: <state dir>/pipeline.log, simulator.log, *-emulator.log.
 
@@ -62,7 +62,7 @@ PROJECT="${PROJECT:-local-project}"
 PUBSUB_PORT="${PUBSUB_PORT:-8085}"
 BQ_REST_PORT="${BQ_REST_PORT:-9050}"
 BQ_GRPC_PORT="${BQ_GRPC_PORT:-9060}"
-DRAIN_SECONDS="${DRAIN_SECONDS:-60}"
+DRAIN_SECONDS="${DRAIN_SECONDS:-120}"
 PROGRESS_SECONDS="${PROGRESS_SECONDS:-10}"
 STATS_FILE="$STATE_DIR/publisher-stats.json"
 PIPELINE_LOG="$STATE_DIR/pipeline.log"
@@ -325,7 +325,7 @@ HELPER_PID=""
 tail -n 1 "$STATE_DIR/drain.log" 2>/dev/null || true
 if [ "$drain_rc" -eq 0 ]; then
   DRAINED=true
-  say "drained: dead letters caught up and training rows stopped growing"
+  say "drained: dead letters caught up, training rows stopped growing, online quality covers the last window"
 else
   DRAINED=false
   say "WARNING: not drained after $DRAIN_SECONDS s (see $STATE_DIR/drain.log); stopping anyway"

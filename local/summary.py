@@ -26,6 +26,7 @@ CLI (prints one JSON object on one line)::
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import json
 import logging
@@ -236,6 +237,7 @@ def predictions(ctx: SummaryContext) -> dict[str, Any]:
         "predictions_by_model_version": None,
         "quality_rows": ctx.table_counts.get(t.prediction_quality),
         "accuracy_by_model_version": None,
+        "quality_caught_up": None,
     }
     if ctx.client is None or not out["predictions"]:
         return out
@@ -254,6 +256,21 @@ def predictions(ctx: SummaryContext) -> dict[str, Any]:
         out["accuracy_by_model_version"] = {
             r["model_version"]: round(float(r["accuracy"]), 4) for r in rows if r["scored"]
         }
+    if ctx.config.label.source == "inline":
+        # Inline labels are scored at once, so quality has caught up when the
+        # evaluation window holding the newest prediction has fired its ON_TIME pane.
+        last_prediction = ctx.query_scalar(
+            f"SELECT MAX(event_time) FROM `{ctx.table_id(t.predictions)}`"
+        )
+        last_window_end = ctx.query_scalar(
+            f"SELECT MAX(window_end) FROM `{ctx.table_id(t.prediction_quality)}` "
+            "WHERE pane_timing = 'ON_TIME'"
+        )
+        out["quality_caught_up"] = bool(
+            last_prediction is not None
+            and last_window_end is not None
+            and last_window_end > last_prediction
+        )
     return out
 
 
@@ -275,11 +292,14 @@ def retraining(ctx: SummaryContext) -> dict[str, Any]:
             )
             or 0
         )
+        from trainer.runs import final_statuses
+
         rows = ctx.query_rows(
-            "SELECT status, COUNT(DISTINCT run_id) AS n "
-            f"FROM `{ctx.table_id(t.training_runs)}` GROUP BY status"
+            f"SELECT run_id, status, recorded_at FROM `{ctx.table_id(t.training_runs)}`"
         )
-        out["training_runs_by_status"] = {r["status"]: int(r["n"]) for r in rows}
+        out["training_runs_by_status"] = dict(
+            sorted(collections.Counter(final_statuses(rows).values()).items())
+        )
     elif ctx.table_counts.get(t.training_runs) == 0:
         out["training_runs"] = 0
     root = os.environ.get("MODEL_REGISTRY")
@@ -435,8 +455,9 @@ def is_drained(summary: Mapping[str, Any], previous: Mapping[str, Any] | None) -
     """Whether the pipeline looks caught up with what the publisher sent.
 
     True when all malformed messages are in the dead-letter table (by id when
-    the stats list them, else by count) and the training row count did not
-    change since ``previous``.
+    the stats list them, else by count), the training row count did not change
+    since ``previous``, and (inline labels) online quality covers the newest
+    prediction's evaluation window.
     """
     if summary.get("errors") or previous is None:
         return False
@@ -448,7 +469,12 @@ def is_drained(summary: Mapping[str, Any], previous: Mapping[str, Any] | None) -
     else:
         dead_ok = (summary.get("dead_letters") or 0) >= (summary.get("malformed_published") or 0)
     training = summary.get("training_rows")
-    return dead_ok and training is not None and training == previous.get("training_rows")
+    return (
+        dead_ok
+        and training is not None
+        and training == previous.get("training_rows")
+        and summary.get("quality_caught_up") is not False
+    )
 
 
 def wait_drained(

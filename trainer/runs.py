@@ -192,13 +192,32 @@ def quarantine_table(project: str, dataset: str, config: DatasetConfig) -> str:
     return f"{project}.{dataset}.{config.tables.data_quarantine}"
 
 
+def _status_order(row: Mapping[str, Any]) -> tuple:
+    return row["recorded_at"], _STATUS_RANK.get(row["status"], 3)
+
+
 def _status_rows(client, sql: str, params: list) -> list[dict[str, Any]]:
     from google.cloud import bigquery
 
     job = client.query(sql, job_config=bigquery.QueryJobConfig(query_parameters=params))
     rows = [dict(r) for r in job.result(timeout=API_TIMEOUT_SECONDS)]
-    rows.sort(key=lambda r: (r["recorded_at"], _STATUS_RANK.get(r["status"], 3)))
+    rows.sort(key=_status_order)
     return rows
+
+
+def final_statuses(rows: Iterable[Mapping[str, Any]]) -> dict[str, str]:
+    """Each run's newest status, from status rows with ``run_id``, ``status``, ``recorded_at``.
+
+    The table is append-only (queued, running, then a terminal status, maybe
+    ``rolled_back`` later), so a run's state is its newest row; rows recorded in
+    the same microsecond are ordered as in ``latest_run_status``.
+    """
+    latest: dict[str, Mapping[str, Any]] = {}
+    for row in rows:
+        seen = latest.get(row["run_id"])
+        if seen is None or _status_order(row) >= _status_order(seen):
+            latest[row["run_id"]] = row
+    return {run_id: row["status"] for run_id, row in latest.items()}
 
 
 def run_history(

@@ -13,7 +13,7 @@ from pipelines.dataset_config import load_config
 from transforms.bigquery_tables import table_schemas
 
 TRAFFIC = load_config("configs/traffic.yaml")
-_FILLED = ("aggregates", "training_examples", "dead_letter")
+_FILLED = ("aggregates", "training_examples", "dead_letter", "training_runs")
 REQUIRED_KEYS = {
     "events_published",
     "messages_sent",
@@ -114,6 +114,9 @@ def test_is_drained():
     assert not summary.is_drained(missing, {"training_rows": 50})
     by_count = {"errors": [], "malformed_published": 2, "dead_letters": 2, "training_rows": 5}
     assert summary.is_drained(by_count, {"training_rows": 5})
+    waiting = {**done, "quality_caught_up": False}  # the last quality window is open
+    assert not summary.is_drained(waiting, {"training_rows": 50})
+    assert summary.is_drained({**done, "quality_caught_up": True}, {"training_rows": 50})
 
 
 def test_wait_drained_gives_up():
@@ -170,6 +173,15 @@ def _aggregate() -> dict[str, Any]:
     }
 
 
+def _run_status(run_id: str, status: str, second: int) -> dict[str, Any]:
+    return {
+        "run_id": run_id,
+        "trigger_id": f"t-{run_id}",
+        "status": status,
+        "recorded_at": f"2024-01-01T00:00:{second:02d}Z",
+    }
+
+
 def _insert(client: bigquery.Client, table: str, rows: list[dict[str, Any]]) -> None:
     errors = client.insert_rows_json(table, rows, timeout=30)
     assert errors == []
@@ -184,6 +196,16 @@ def test_counts_and_malformed_matching(bigquery_client, gcp_project, unique_name
     _insert(bigquery_client, f"{prefix}.dead_letter", dead)
     _insert(bigquery_client, f"{prefix}.training_examples", [_training(i) for i in range(5)])
     _insert(bigquery_client, f"{prefix}.aggregates", [_aggregate()])
+    runs = [
+        _run_status("r1", "queued", 1),
+        _run_status("r1", "running", 2),
+        _run_status("r1", "succeeded", 9),
+        _run_status("r2", "queued", 3),
+        _run_status("r2", "running", 4),
+        _run_status("r2", "rejected", 5),
+        _run_status("r3", "queued", 8),  # still waiting
+    ]
+    _insert(bigquery_client, f"{prefix}.training_runs", runs)
     # a table the config does not know about is still counted
     bigquery_client.create_table(
         bigquery.Table(f"{prefix}.zz_not_in_config", schema=[bigquery.SchemaField("x", "INT64")])
@@ -198,6 +220,9 @@ def test_counts_and_malformed_matching(bigquery_client, gcp_project, unique_name
     assert result["malformed_ids_count"] == 3
     assert result["training_rows"] == 5
     assert result["aggregate_rows"] == 1
+    # each run counted once, by its newest status (the table keeps every status row)
+    assert result["training_runs"] == 3
+    assert result["training_runs_by_status"] == {"queued": 1, "rejected": 1, "succeeded": 1}
     tables = result["tables"]
     assert list(tables)[:3] == ["aggregates", "training_examples", "dead_letter"]
     assert (tables["aggregates"], tables["training_examples"], tables["dead_letter"]) == (1, 5, 4)
@@ -206,6 +231,55 @@ def test_counts_and_malformed_matching(bigquery_client, gcp_project, unique_name
     assert all(n == 0 for name, n in tables.items() if name not in _FILLED)
     assert result["events_published"] == 10
     assert result["duration_seconds"] > 0
+
+
+@pytest.mark.emulators
+def test_quality_caught_up_once_the_newest_predictions_window_fired(
+    bigquery_client, gcp_project, unique_name, tmp_path
+):
+    resources.ensure_bigquery_tables(gcp_project, unique_name, TRAFFIC, client=bigquery_client)
+    prefix = f"{gcp_project}.{unique_name}"
+    prediction = {
+        "example_id": "e1",
+        "sensor_id": "S1",
+        "event_time": "2024-01-01T00:01:30Z",
+        "prediction": 0.9,
+        "predicted_label": 1,
+        "model_version": "v1",
+        "predicted_at": "2024-01-01T00:01:31Z",
+    }
+    _insert(bigquery_client, f"{prefix}.predictions", [prediction])
+
+    def quality(start: str, end: str) -> dict[str, Any]:
+        return {
+            "window_start": start,
+            "window_end": end,
+            "model_version": "v1",
+            "examples": 4,
+            "accuracy": 0.75,
+            "pane_timing": "ON_TIME",
+            "computed_at": end,
+        }
+
+    def build() -> dict[str, Any]:
+        return summary.build_summary(
+            gcp_project, unique_name, TRAFFIC, _write_stats(tmp_path), started_at=0.0
+        )
+
+    _insert(
+        bigquery_client,
+        f"{prefix}.prediction_quality",
+        [quality("2024-01-01T00:00:00Z", "2024-01-01T00:01:00Z")],
+    )
+    assert build()["quality_caught_up"] is False  # e1's window [00:01, 00:02) is still open
+    _insert(
+        bigquery_client,
+        f"{prefix}.prediction_quality",
+        [quality("2024-01-01T00:01:00Z", "2024-01-01T00:02:00Z")],
+    )
+    result = build()
+    assert result["quality_caught_up"] is True
+    assert result["accuracy_by_model_version"] == {"v1": 0.75}
 
 
 @pytest.mark.emulators
