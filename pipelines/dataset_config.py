@@ -33,7 +33,13 @@ _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 
 @dataclasses.dataclass(frozen=True)
 class FeatureSpec:
-    """One input feature: a scalar with a type and an allowed domain."""
+    """One input feature: a scalar with a type and an allowed domain.
+
+    ``drift_check: false`` leaves the feature out of the trainer's drift
+    comparison with the previous run (its domain and presence are still checked,
+    and a feature that stops varying still blocks): for features that shift
+    between training windows by design, such as the hour of day.
+    """
 
     name: str
     type: str
@@ -41,6 +47,7 @@ class FeatureSpec:
     max: float | None = None
     values: tuple[str, ...] | None = None
     description: str = ""
+    drift_check: bool = True
 
     @property
     def is_numeric(self) -> bool:
@@ -219,7 +226,7 @@ def _parse_feature(r: _Reader, name: str, raw: Any) -> FeatureSpec:
     if not _NAME_RE.match(name):
         raise r.fail(path, "feature names must be letters, digits and underscores")
     m = r.mapping(raw, path)
-    r.unknown_keys(m, {"type", "min", "max", "values", "description"}, path)
+    r.unknown_keys(m, {"type", "min", "max", "values", "description", "drift_check"}, path)
     ftype = r.choice(m, "type", path, FEATURE_TYPES)
     lo = r.get(m, "min", path, float, None)
     hi = r.get(m, "max", path, float, None)
@@ -241,6 +248,7 @@ def _parse_feature(r: _Reader, name: str, raw: Any) -> FeatureSpec:
         max=hi,
         values=values,
         description=r.get(m, "description", path, str, ""),
+        drift_check=r.get(m, "drift_check", path, bool, True),
     )
 
 

@@ -61,8 +61,9 @@ A broken feed must still block. Two rules make drift an ``error``:
   shows (half a day vs a whole day of hour_of_day); a stuck-at-zero
   vehicle_count only reaches ~0.56, hence the separate rule above. Windows
   that do not overlap and are shorter than the daily cycle can exceed it
-  (the 0.90 above): size ``training_window_rows`` to cover the cycle, or
-  pass ``drift_block_threshold=None`` (``--drift-block-threshold none``).
+  (the 0.90 above): mark such a feature ``drift_check: false`` in the config
+  (traffic does for hour_of_day), size ``training_window_rows`` to cover the
+  cycle, or pass ``drift_block_threshold=None`` (``--drift-block-threshold none``).
 
 ``block_on_drift=True`` makes every drift anomaly above ``drift_threshold`` an
 error (the strict TFDV behaviour). The invalid-data checks (types, domains,
@@ -135,8 +136,10 @@ def schema_from_config(config: DatasetConfig) -> schema_pb2.Schema:
     min/max, allowed strings), ``presence.min_fraction = 1.0`` and
     ``value_count`` min = max = 1, and a ``drift_comparator`` from
     ``retraining.drift_threshold`` (Jensen-Shannon for numeric features,
-    L-infinity for categorical ones). The label is a feature too, in the
-    ``TRAINING`` environment only (``not_in_environment: SERVING``), as in TFX.
+    L-infinity for categorical ones) unless the feature sets ``drift_check: false``
+    (a clock feature such as hour_of_day shifts between windows by design). The
+    label is a feature too, in the ``TRAINING`` environment only
+    (``not_in_environment: SERVING``), as in TFX.
     """
     schema = schema_pb2.Schema()
     schema.default_environment.extend([TRAINING_ENV, SERVING_ENV])
@@ -171,7 +174,7 @@ def schema_from_config(config: DatasetConfig) -> schema_pb2.Schema:
                 feature.string_domain.value.extend(spec.values)
         if spec.description:
             feature.annotation.comment.append(spec.description)
-        if threshold is not None:
+        if threshold is not None and spec.drift_check:
             if spec.is_numeric:
                 feature.drift_comparator.jensen_shannon_divergence.threshold = threshold
             else:

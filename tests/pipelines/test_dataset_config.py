@@ -16,6 +16,8 @@ def test_shipped_configs_load():
     assert traffic.key_field == "sensor_id"
     assert traffic.feature("occupancy").max == 1.0
     assert [w.kind for w in traffic.windows] == ["fixed", "sliding"]
+    assert traffic.feature("hour_of_day").drift_check is False
+    assert traffic.feature("occupancy").drift_check is True  # the default
     ads = load_config("configs/ad_conversions.yaml")
     assert ads.label.source == "separate"
     assert ads.label.join_key == "impression_id"
@@ -45,6 +47,10 @@ def test_shipped_configs_load():
         (lambda r: r["retraining"].update(min_new_examples=-1), "retraining.min_new_examples"),
         (lambda r: r["features"].update(congested={"type": "int"}), "used twice"),
         (lambda r: r["label"].update(task="ranking"), "label.task"),
+        (
+            lambda r: r["features"]["hour_of_day"].update(drift_check="no"),
+            "features.hour_of_day.drift_check: expected true or false",
+        ),
     ],
 )
 def test_bad_config_names_the_field(mutate, message):

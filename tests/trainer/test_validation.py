@@ -51,6 +51,8 @@ def test_schema_proto_from_config():
         assert (f.value_count.min, f.value_count.max) == (1, 1)
     assert speed.drift_comparator.jensen_shannon_divergence.threshold == pytest.approx(0.25)
     assert road.drift_comparator.infinity_norm.threshold == pytest.approx(0.25)
+    assert not by_name["hour_of_day"].HasField("drift_comparator")  # drift_check: false
+    assert by_name["hour_of_day"].float_domain.max == 24.0
     label = by_name["congested"]
     assert (label.int_domain.min, label.int_domain.max) == (0, 1)
     assert list(label.not_in_environment) == ["SERVING"]
@@ -229,6 +231,21 @@ def test_huge_drift_and_stuck_feeds_block(clean):
     assert not result.ok
     assert ("degenerate_feature", "vehicle_count") in _checks(result)
     assert validate(stuck, TRAFFIC, previous, drift_block_threshold=None).ok is False
+
+
+def test_a_clock_feature_is_not_compared_for_drift_but_still_validated(clean):
+    previous = compute_statistics(clean, TRAFFIC)
+    # The next window covers other hours of the day: expected, not drift.
+    later = [dict(r, hour_of_day=(r["hour_of_day"] + 12) % 24) for r in clean]
+    result = validate(later, TRAFFIC, previous)
+    assert result.ok, result.anomalies
+    assert "hour_of_day" not in result.drift
+    assert "vehicle_count" in result.drift  # the other features still are
+    # Its domain and a stuck clock are still errors.
+    broken = [dict(r, hour_of_day=25.0) if i == 0 else r for i, r in enumerate(later)]
+    assert ("out_of_domain", "hour_of_day") in _checks(validate(broken, TRAFFIC, previous))
+    stuck = [dict(r, hour_of_day=3.0) for r in clean]
+    assert ("degenerate_feature", "hour_of_day") in _checks(validate(stuck, TRAFFIC, previous))
 
 
 def test_concept_drift_alone_does_not_block():
