@@ -23,7 +23,8 @@
 # Environment: PUBSUB_PORT (8085), BQ_REST_PORT (9050), BQ_GRPC_PORT (9060),
 # PROJECT (local-project), TOPIC, SUBSCRIPTION, BQ_DATASET (derived from the
 # config name), DRAIN_SECONDS (120), PROGRESS_SECONDS (10),
-# RUN_LOCAL_STATE_DIR (.local/run), SIMULATOR_ARGS (extra simulator flags).
+# RUN_LOCAL_STATE_DIR (.local/run), SIMULATOR_ARGS (extra simulator flags),
+# DAY_ORIGIN (epoch second the simulated day starts; default: 05:00 at start-up).
 # Logs: <state dir>/pipeline.log, simulator.log, *-emulator.log.
 
 set -Eeuo pipefail
@@ -227,9 +228,15 @@ timeout 120 "$PY" -m local.resources --project "$PROJECT" --config "$CONFIG" \
 
 # A fresh registry and launcher state per run (the emulators are in-memory too).
 rm -rf "$MODEL_REGISTRY" "$STATE_DIR/launcher"
+# The simulated day (600 s) starts so that it is 05:00 now: the live run begins
+# around 06:00 after the bootstrap, the drift lands in daytime, when the road
+# works change labels (at night nobody is congested either way), and a 300 s run
+# ends near the evening rush. Bootstrap history and publisher share the origin.
+DAY_ORIGIN="${DAY_ORIGIN:-$(( $(date +%s) - 125 ))}"
 if [ "$CFG_NAME" = "traffic" ]; then
   say "bootstrapping the first model from simulated history (registry: $MODEL_REGISTRY)"
   timeout 600 "$PY" -m trainer.bootstrap --config "$CONFIG" --registry "$MODEL_REGISTRY" \
+    --day-origin "$DAY_ORIGIN" \
     --events "${BOOTSTRAP_EVENTS:-20000}" --if-empty >"$STATE_DIR/bootstrap.log" 2>&1 ||
     { show_log_tail "$STATE_DIR/bootstrap.log" 30; FAILURE="bootstrap failed"; exit 1; }
   tail -n 1 "$STATE_DIR/bootstrap.log"
@@ -274,6 +281,7 @@ say "starting the simulator: $RATE events/s for ${DURATION:-unlimited} s (log: $
 setsid "$PY" -m simulator.publish simulate --config "$CONFIG" \
   --topic "projects/$PROJECT/topics/$TOPIC" --rate "$RATE" ${SIM_DURATION[@]+"${SIM_DURATION[@]}"} \
   --malformed-fraction 0.02 --late-fraction 0.02 --duplicate-fraction 0.01 \
+  --day-origin "$DAY_ORIGIN" \
   --stats-file "$STATS_FILE" ${SIMULATOR_ARGS:-} \
   >"$SIMULATOR_LOG" 2>&1 </dev/null 9>&- &
 SIMULATOR_PID=$!

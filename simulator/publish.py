@@ -839,6 +839,7 @@ def run_simulate(
     n_sensors: int = 300,
     seed: int = 7,
     day_seconds: float = 600.0,
+    day_origin: float = 0.0,
     drift_after: float | None = None,
     injection: InjectionOptions | None = None,
     stats_file: str | None = None,
@@ -870,6 +871,7 @@ def run_simulate(
             day_seconds=day_seconds,
             drift_after_seconds=drift_after,
             start_time=start_time,
+            day_origin=day_origin,
         )
 
     probe = make_sim(0.0)  # validates the arguments before connecting
@@ -1093,6 +1095,7 @@ def export_history(
     n_sensors: int = 300,
     seed: int = 7,
     day_seconds: float = 600.0,
+    day_origin: float = 0.0,
     drift_after: float | None = None,
 ) -> int:
     """Writes ``n_events`` simulated past readings ending before ``end_time``.
@@ -1111,6 +1114,7 @@ def export_history(
         day_seconds=day_seconds,
         drift_after_seconds=drift_after,
         start_time=first / rate,
+        day_origin=day_origin,
     )
     events = sim.history_events(n_events, end_time, rate)
     check_config_matches(config, events[0][1], "the traffic simulator's readings")
@@ -1186,6 +1190,13 @@ def _add_sim_args(p: argparse.ArgumentParser) -> None:
         type=_positive,
         default=600.0,
         help="real seconds per simulated day (default 600)",
+    )
+    p.add_argument(
+        "--day-origin",
+        type=float,
+        default=0.0,
+        metavar="EPOCH_SECONDS",
+        help="instant at which a simulated day starts at 00:00 (default 0: the epoch)",
     )
     p.add_argument(
         "--drift-after",
@@ -1320,6 +1331,7 @@ def main(argv: list[str] | None = None) -> int:
                     n_sensors=args.sensors,
                     seed=args.seed,
                     day_seconds=args.day_seconds,
+                    day_origin=args.day_origin,
                     drift_after=args.drift_after,
                     injection=InjectionOptions(
                         malformed_fraction=args.malformed_fraction,
@@ -1355,6 +1367,7 @@ def main(argv: list[str] | None = None) -> int:
                 n_sensors=args.sensors,
                 seed=args.seed,
                 day_seconds=args.day_seconds,
+                day_origin=args.day_origin,
                 drift_after=args.drift_after,
             )
         elif args.command == "export-ads":

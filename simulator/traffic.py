@@ -114,6 +114,9 @@ class TrafficSimulator:
             the time it starts).
         incident_rate: probability that a sensor has an incident in a given
             simulated half hour.
+        day_origin: epoch seconds at which a simulated day starts (00:00); the
+            hour of ``t`` is ``(t - day_origin) % day_seconds`` scaled to 24 h.
+            Publisher and history generator must share it.
     """
 
     def __init__(
@@ -124,6 +127,7 @@ class TrafficSimulator:
         drift_after_seconds: float | None = None,
         start_time: float = 0.0,
         incident_rate: float = 0.03,
+        day_origin: float = 0.0,
     ):
         if n_sensors <= 0 or n_sensors > 9999:
             raise ValueError(f"n_sensors must be in 1..9999, got {n_sensors}")
@@ -139,6 +143,7 @@ class TrafficSimulator:
         self.drift_after_seconds = drift_after_seconds
         self.start_time = float(start_time)
         self.incident_rate = incident_rate
+        self.day_origin = float(day_origin)
         rng = random.Random(seed)
         sensors = []
         for i in range(n_sensors):
@@ -172,7 +177,7 @@ class TrafficSimulator:
 
     def hour_of_day(self, t: float) -> float:
         """Simulated hour of day in [0, 24) at epoch seconds ``t``."""
-        hour = (t % self.day_seconds) / self.day_seconds * 24.0
+        hour = ((t - self.day_origin) % self.day_seconds) / self.day_seconds * 24.0
         return min(max(hour, 0.0), 23.999)
 
     def sensor_for(self, k: int) -> Sensor:
@@ -181,7 +186,7 @@ class TrafficSimulator:
 
     def incident(self, sensor: Sensor, t: float) -> float:
         """Incident severity in (0, 1] for ``sensor`` at ``t``, or 0.0 if none."""
-        slot = math.floor(t / self.day_seconds * _INCIDENT_SLOTS_PER_DAY)
+        slot = math.floor((t - self.day_origin) / self.day_seconds * _INCIDENT_SLOTS_PER_DAY)
         if _hash_uniform(self.seed, 0x1C1D, sensor.index, slot) >= self.incident_rate:
             return 0.0
         return 0.4 + 0.6 * _hash_uniform(self.seed, 0x5E7, sensor.index, slot)

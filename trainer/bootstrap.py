@@ -69,6 +69,7 @@ def generate_history(
     rate: float = 10.0,
     n_sensors: int = 300,
     day_seconds: float = 600.0,
+    day_origin: float = 0.0,
     drift: bool = False,
 ) -> tuple[list[dict[str, Any]], list[float]]:
     """Simulated past readings ending before ``end_time`` and their event times.
@@ -81,6 +82,7 @@ def generate_history(
         rate: readings per second (all sensors together).
         n_sensors: number of simulated sensors.
         day_seconds: real seconds per simulated day (match the live publisher's).
+        day_origin: epoch seconds a simulated day starts at (match the publisher's).
         drift: generate post-drift data (the drift is scheduled at epoch 0).
 
     Returns:
@@ -103,6 +105,7 @@ def generate_history(
             day_seconds=day_seconds,
             drift_after_seconds=0.0 if drift else None,
             start_time=0.0,
+            day_origin=day_origin,
         )
         rows = sim.history(n_events, end_time, rate)
     except ValueError as e:
@@ -202,6 +205,7 @@ def bootstrap(
     rate: float = 10.0,
     n_sensors: int = 300,
     day_seconds: float = 600.0,
+    day_origin: float = 0.0,
     epochs: int = 8,
 ) -> dict[str, Any]:
     """Generates history, trains, evaluates, publishes (and promotes) one version.
@@ -225,6 +229,7 @@ def bootstrap(
         rate=rate,
         n_sensors=n_sensors,
         day_seconds=day_seconds,
+        day_origin=day_origin,
         drift=drift,
     )
     train_rows, val_rows, cutoff = split_by_time(rows, times, VALIDATION_FRACTION)
@@ -261,6 +266,7 @@ def bootstrap(
             "rate": rate,
             "sensors": n_sensors,
             "day_seconds": day_seconds,
+            "day_origin": day_origin,
             "drift": drift,
             "end_time": rfc3339(end_time),
         },
@@ -344,6 +350,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--day-seconds", type=_positive_float, default=600.0, help="seconds per day (600)"
     )
+    parser.add_argument(
+        "--day-origin",
+        type=float,
+        default=0.0,
+        metavar="EPOCH_SECONDS",
+        help="instant a simulated day starts at 00:00 (0; match the publisher's)",
+    )
     parser.add_argument("--epochs", type=int, default=8, help="maximum epochs (8)")
     return parser
 
@@ -384,6 +397,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             rate=args.rate,
             n_sensors=args.sensors,
             day_seconds=args.day_seconds,
+            day_origin=args.day_origin,
             epochs=args.epochs,
         )
     except ValueError as e:

@@ -558,12 +558,17 @@ def test_cli_exports(tmp_path):
             "3",
             "--drift-after",
             "10",
+            "--day-origin",
+            str(T0 - 125),
         ]
     )
     assert rc == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    sim = TrafficSimulator(n_sensors=20, seed=3, drift_after_seconds=10, start_time=T0 - 24)
+    sim = TrafficSimulator(
+        n_sensors=20, seed=3, drift_after_seconds=10, start_time=T0 - 24, day_origin=T0 - 125
+    )
     assert rows == sim.history(120, T0, rate=5)
+    assert 4.0 < rows[-1]["hour_of_day"] < 5.0  # just before 05:00 of the shifted day
     ads = tmp_path / "ads.jsonl"
     assert publish.main(["export-ads", "--out", str(ads), "--impressions", "20"]) == 0
     assert len(ads.read_text().splitlines()) >= 20
