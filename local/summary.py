@@ -286,19 +286,16 @@ def retraining(ctx: SummaryContext) -> dict[str, Any]:
         "training_runs_by_status": None,
     }
     if ctx.client is not None and ctx.table_counts.get(t.training_runs):
-        out["training_runs"] = int(
-            ctx.query_scalar(
-                f"SELECT COUNT(DISTINCT run_id) FROM `{ctx.table_id(t.training_runs)}`"
-            )
-            or 0
-        )
         from trainer.runs import final_statuses
 
-        rows = ctx.query_rows(
-            f"SELECT run_id, status, recorded_at FROM `{ctx.table_id(t.training_runs)}`"
+        statuses = final_statuses(
+            ctx.query_rows(
+                f"SELECT run_id, status, recorded_at FROM `{ctx.table_id(t.training_runs)}`"
+            )
         )
+        out["training_runs"] = len(statuses)
         out["training_runs_by_status"] = dict(
-            sorted(collections.Counter(final_statuses(rows).values()).items())
+            sorted(collections.Counter(statuses.values()).items())
         )
     elif ctx.table_counts.get(t.training_runs) == 0:
         out["training_runs"] = 0
