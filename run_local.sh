@@ -178,7 +178,7 @@ source local/setup_env.sh
 setup_env
 PY="$VENV_PY"
 
-CFG_NAME="$("$PY" -c 'import sys; from pipelines.dataset_config import load_config
+CFG_NAME="$("$PY" -c 'import sys; from dataset.config import load_config
 print(load_config(sys.argv[1]).name)' "$CONFIG")"
 TOPIC="${TOPIC:-${CFG_NAME}-events}"
 SUBSCRIPTION="${SUBSCRIPTION:-${CFG_NAME}-pipeline}"
@@ -220,10 +220,10 @@ eval "$exports"
 export PUBSUB_EMULATOR_HOST BIGQUERY_EMULATOR_HOST GOOGLE_APPLICATION_CREDENTIALS
 say "PUBSUB_EMULATOR_HOST=$PUBSUB_EMULATOR_HOST BIGQUERY_EMULATOR_HOST=$BIGQUERY_EMULATOR_HOST"
 
-timeout 120 "$PY" -m local.resources --project "$PROJECT" --config "$CONFIG" \
+timeout 120 "$PY" -m dataset.resources --project "$PROJECT" --config "$CONFIG" \
   --topic "$TOPIC" --subscription "$SUBSCRIPTION" --bq_dataset "$BQ_DATASET"
 # Retraining requests: the pipeline publishes, the launcher subscribes.
-timeout 120 "$PY" -m local.resources --project "$PROJECT" --config "$CONFIG" \
+timeout 120 "$PY" -m dataset.resources --project "$PROJECT" --config "$CONFIG" \
   --topic "$RETRAIN_TOPIC" --subscription "$LAUNCHER_SUBSCRIPTION" --bq_dataset "$BQ_DATASET"
 
 # A fresh registry and launcher state per run (the emulators are in-memory too).

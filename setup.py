@@ -22,7 +22,15 @@ setuptools.setup(
     description="Streaming continuous training on Apache Beam / Dataflow",
     python_requires=">=3.11",
     packages=setuptools.find_packages(
-        include=["pipelines*", "transforms*", "model*", "trainer*", "simulator*", "local*"]
+        include=[
+            "dataset*",
+            "pipelines*",
+            "transforms*",
+            "model*",
+            "trainer*",
+            "simulator*",
+            "local*",
+        ]
     ),
     package_data={"": ["*.yaml", "*.json"]},
     install_requires=_requirements(),

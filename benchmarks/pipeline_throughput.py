@@ -67,8 +67,8 @@ def _count(client, dataset: str, table: str) -> int:
 
 
 def run(events: int, with_model: bool, timeout: float) -> dict:
+    from dataset.resources import bigquery_client, ensure_pubsub
     from local.emulators import emulators
-    from local.resources import bigquery_client, ensure_pubsub
 
     state = Path(tempfile.mkdtemp(prefix="bench-"))
     with emulators(state) as emus:

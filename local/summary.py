@@ -39,9 +39,9 @@ from typing import Any
 
 from google.cloud import bigquery
 
-from local.resources import bigquery_client
-from pipelines.dataset_config import DatasetConfig, load_config
-from transforms.bigquery_tables import table_schemas
+from dataset.config import DatasetConfig, load_config
+from dataset.resources import bigquery_client
+from dataset.tables import table_schemas
 
 logger = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.dataset_config import DatasetConfig, FeatureSpec
+from dataset.config import DatasetConfig, FeatureSpec
 
 HASH_BUCKETS = 16
 

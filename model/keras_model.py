@@ -16,8 +16,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
+from dataset.config import DatasetConfig  # noqa: E402
 from model.features import feature_dim  # noqa: E402
-from pipelines.dataset_config import DatasetConfig  # noqa: E402
 
 HIDDEN_UNITS = 16
 MIN_STEPS = 600

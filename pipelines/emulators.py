@@ -13,14 +13,9 @@ from __future__ import annotations
 import logging
 import os
 
+from dataset.resources import bigquery_emulator_url
+
 _LOG = logging.getLogger(__name__)
-
-
-def bigquery_emulator_url() -> str | None:
-    host = os.environ.get("BIGQUERY_EMULATOR_HOST")
-    if not host:
-        return None
-    return host if "://" in host else f"http://{host}"
 
 
 def configure_bigquery_emulator(project: str) -> bool:

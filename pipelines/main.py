@@ -29,7 +29,7 @@ def run(argv: list[str] | None = None) -> None:
     except ValueError as e:
         sys.exit(f"error: {e}")
 
-    from local.resources import bigquery_client, ensure_bigquery_tables
+    from dataset.resources import bigquery_client, ensure_bigquery_tables
 
     configure_bigquery_emulator(bq_project(options))
     ensure_bigquery_tables(bq_project(options), opts.bq_dataset, config)

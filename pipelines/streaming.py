@@ -21,7 +21,7 @@ from __future__ import annotations
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from pipelines.dataset_config import DatasetConfig
+from dataset.config import DatasetConfig
 from pipelines.options import table_spec, validated
 from transforms.aggregation import WindowAndAggregate
 from transforms.ingestion import ReadEvents

@@ -49,7 +49,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol
 
-from pipelines.dataset_config import DatasetConfig, load_config
+from dataset.config import DatasetConfig, load_config
 from simulator.ads import DEFAULT_START_MILLIS, AdSimulator
 from simulator.traffic import TrafficSimulator, format_iso_millis
 

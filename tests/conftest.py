@@ -136,7 +136,7 @@ def bigquery_emulator_grpc(_bigquery_emulator_env: dict[str, str]) -> str:
 @pytest.fixture
 def bigquery_client(bigquery_emulator: str, gcp_project: str):
     """A google-cloud-bigquery client for the emulator."""
-    from local.resources import bigquery_client as make_client
+    from dataset.resources import bigquery_client as make_client
 
     client = make_client(gcp_project)
     yield client

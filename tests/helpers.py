@@ -7,7 +7,7 @@ from typing import Any
 
 from apache_beam.io.gcp.pubsub import PubsubMessage
 
-from pipelines.dataset_config import load_config
+from dataset.config import load_config
 from transforms.validation import utc_iso
 
 TRAFFIC = load_config("configs/traffic.yaml")

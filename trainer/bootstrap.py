@@ -41,8 +41,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from dataset.config import DatasetConfig, load_config
 from model.registry import ModelRegistry
-from pipelines.dataset_config import DatasetConfig, load_config
 from simulator.publish import check_config_matches, event_time_of, parse_time_arg, rfc3339
 from simulator.traffic import TrafficSimulator
 

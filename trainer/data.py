@@ -27,43 +27,18 @@ into training.
 
 from __future__ import annotations
 
-import datetime as dt
 import math
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from pipelines.dataset_config import DatasetConfig
+from dataset.config import DatasetConfig
+from dataset.times import event_seconds, rfc3339, to_datetime  # noqa: F401 (re-exported)
 
 EVENT_TIME = "event_time"
 _RANK = "_dedupe_rank"
 
 Row = dict[str, Any]
-
-
-def to_datetime(value: Any) -> dt.datetime:
-    """A UTC datetime from a datetime, epoch seconds or an RFC 3339 string."""
-    if isinstance(value, dt.datetime):
-        return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
-    if isinstance(value, bool):
-        raise TypeError(f"not a time: {value!r}")
-    if isinstance(value, (int, float)):
-        return dt.datetime.fromtimestamp(float(value), tz=dt.UTC)
-    if isinstance(value, str):
-        stamp = dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-        return stamp if stamp.tzinfo else stamp.replace(tzinfo=dt.UTC)
-    raise TypeError(f"not a time: {value!r}")
-
-
-def event_seconds(row: Mapping[str, Any]) -> float:
-    """A training row's event time as epoch seconds."""
-    return to_datetime(row[EVENT_TIME]).timestamp()
-
-
-def rfc3339(value: Any) -> str:
-    """Any time value as an RFC 3339 UTC string with microseconds."""
-    stamp = to_datetime(value).astimezone(dt.UTC)
-    return stamp.isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def use_storage_api() -> bool:

@@ -100,7 +100,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pipelines.dataset_config import DatasetConfig, RetrainingPolicy, load_config
+from dataset.config import DatasetConfig, RetrainingPolicy, load_config
 
 logger = logging.getLogger("trainer.launcher")
 
@@ -976,7 +976,7 @@ class Launcher:
         if status == ROLLED_BACK:
             # Not a status of the run's own life cycle, so record_run_status refuses it;
             # the same schema check and insert, without that restriction.
-            from transforms.bigquery_tables import TRAINING_RUNS_SCHEMA
+            from dataset.tables import TRAINING_RUNS_SCHEMA
 
             runs.insert_typed_rows(self.client, self.runs_table, [row], TRAINING_RUNS_SCHEMA)
         else:
@@ -1603,7 +1603,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             program = args.trainer_program.split() if args.trainer_program else None
             backend = LocalProcessBackend(job_args, state_dir, program=program)
-        from local.resources import bigquery_client
+        from dataset.resources import bigquery_client
         from model.registry import ModelRegistry
 
         launcher = Launcher(

@@ -22,9 +22,9 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from pipelines.dataset_config import DatasetConfig
+from dataset.config import DatasetConfig
+from dataset.tables import QUARANTINE_SCHEMA, TRAINING_RUNS_SCHEMA
 from trainer.data import rfc3339
-from transforms.bigquery_tables import QUARANTINE_SCHEMA, TRAINING_RUNS_SCHEMA
 
 API_TIMEOUT_SECONDS = 30.0
 STATUSES = ("queued", "running", "succeeded", "rejected", "failed", "rolled_back")
@@ -120,7 +120,7 @@ def insert_typed_rows(
         client: a ``google.cloud.bigquery.Client``.
         table: ``project.dataset.table``.
         rows: the rows.
-        schema: the table's schema (``transforms.bigquery_tables`` form).
+        schema: the table's schema (``dataset.tables`` form).
 
     Returns:
         The number of rows inserted.

@@ -53,7 +53,7 @@ import traceback
 from collections.abc import Sequence
 from typing import Any
 
-from pipelines.dataset_config import DatasetConfig, load_config
+from dataset.config import DatasetConfig, load_config
 from trainer import data as data_lib
 from trainer import runs
 from trainer.validation import DRIFT_BLOCK_THRESHOLD, MIN_ROWS
@@ -511,7 +511,7 @@ def main(argv: Sequence[str] | None = None, client=None) -> int:
 
     Args:
         argv: command-line arguments.
-        client: optional BigQuery client (default ``local.resources.bigquery_client``).
+        client: optional BigQuery client (default ``dataset.resources.bigquery_client``).
     """
     args = build_parser().parse_args(argv)
     opts = options_from_args(args)
@@ -528,7 +528,7 @@ def main(argv: Sequence[str] | None = None, client=None) -> int:
     try:
         config = load_config_any(opts.config_path)
         if client is None:
-            from local.resources import bigquery_client
+            from dataset.resources import bigquery_client
 
             client = bigquery_client(opts.project)
         from model.registry import ModelRegistry

@@ -87,7 +87,7 @@ from typing import Any
 import numpy as np
 from tensorflow_metadata.proto.v0 import schema_pb2
 
-from pipelines.dataset_config import DatasetConfig
+from dataset.config import DatasetConfig
 from trainer.data import event_seconds, rfc3339
 
 MIN_ROWS = 200

@@ -18,8 +18,9 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.transforms import trigger, window
 
-from pipelines.dataset_config import DatasetConfig, WindowSpec
-from transforms.validation import Record, utc_iso
+from dataset.config import DatasetConfig, WindowSpec
+from dataset.times import utc_iso
+from transforms.validation import Record
 
 NAMESPACE = "aggregation"
 

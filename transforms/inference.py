@@ -21,10 +21,11 @@ from apache_beam.ml.inference.base import KeyedModelHandler, PredictionResult, R
 from apache_beam.pvalue import TaggedOutput
 from apache_beam.transforms.window import TimestampedValue
 
+from dataset.config import DatasetConfig
+from dataset.times import utc_iso
 from model.features import encode_features
 from model.handler import RegistryModelHandler, split_model_id
-from pipelines.dataset_config import DatasetConfig
-from transforms.validation import Record, dead_letter_row, utc_iso
+from transforms.validation import Record, dead_letter_row
 
 NAMESPACE = "inference"
 STEP = "PredictAndRecord"

@@ -24,7 +24,7 @@ from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
 from apache_beam.utils.timestamp import Timestamp
 
-from pipelines.dataset_config import DatasetConfig
+from dataset.config import DatasetConfig
 
 _LOG = logging.getLogger(__name__)
 NAMESPACE = "ingestion"

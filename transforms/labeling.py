@@ -24,8 +24,9 @@ from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
 from apache_beam.utils.timestamp import Timestamp
 
-from pipelines.dataset_config import DatasetConfig
-from transforms.validation import DEAD_LETTER, Record, dead_letter_row, utc_iso
+from dataset.config import DatasetConfig
+from dataset.times import utc_iso
+from transforms.validation import DEAD_LETTER, Record, dead_letter_row
 
 NAMESPACE = "labeling"
 STEP = "JoinLabels"

@@ -24,9 +24,9 @@ from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
 from apache_beam.utils.timestamp import Timestamp
 
-from pipelines.dataset_config import DatasetConfig
+from dataset.config import DatasetConfig
+from dataset.times import utc_iso
 from transforms.aggregation import pane_timing
-from transforms.validation import utc_iso
 
 NAMESPACE = "quality"
 EPS = 1e-7

@@ -33,8 +33,8 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms import window
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
 
-from pipelines.dataset_config import DatasetConfig, RetrainingPolicy
-from transforms.validation import parse_event_time, utc_iso
+from dataset.config import DatasetConfig, RetrainingPolicy
+from dataset.times import parse_event_time, utc_iso
 
 NAMESPACE = "triggers"
 COUNT_WINDOW_SECONDS = 10

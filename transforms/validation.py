@@ -22,7 +22,9 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.pvalue import TaggedOutput
 
-from pipelines.dataset_config import DatasetConfig, FeatureSpec
+from dataset import times
+from dataset.config import DatasetConfig, FeatureSpec
+from dataset.times import utc_iso
 
 _LOG = logging.getLogger(__name__)
 NAMESPACE = "validation"
@@ -38,27 +40,12 @@ class RecordError(ValueError):
     """A message that does not match the dataset config."""
 
 
-def utc_iso(seconds: float) -> str:
-    """Seconds since the epoch as an RFC 3339 UTC string (BigQuery TIMESTAMP)."""
-    stamp = dt.datetime.fromtimestamp(seconds, tz=dt.UTC)
-    return stamp.isoformat(timespec="microseconds").replace("+00:00", "Z")
-
-
 def parse_event_time(value: Any, fmt: str) -> float:
-    """Parses an event-time value in the config's format to epoch seconds."""
-    if fmt == "iso8601":
-        if not isinstance(value, str):
-            raise RecordError(f"expected an ISO-8601 string, got {value!r}")
-        try:
-            stamp = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError as e:
-            raise RecordError(f"not an ISO-8601 time: {value!r}") from e
-        if stamp.tzinfo is None:
-            raise RecordError(f"ISO-8601 time without a timezone: {value!r}")
-        return stamp.timestamp()
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise RecordError(f"expected a number of {fmt}, got {value!r}")
-    return float(value) / 1000.0 if fmt == "epoch_millis" else float(value)
+    """``dataset.times.parse_event_time``, raising ``RecordError``."""
+    try:
+        return times.parse_event_time(value, fmt)
+    except times.EventTimeError as e:
+        raise RecordError(str(e)) from e
 
 
 def check_value(spec: FeatureSpec, value: Any) -> Any:

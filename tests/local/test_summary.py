@@ -8,9 +8,10 @@ from typing import Any
 import pytest
 from google.cloud import bigquery
 
-from local import resources, summary
-from pipelines.dataset_config import load_config
-from transforms.bigquery_tables import table_schemas
+from dataset import resources
+from dataset.config import load_config
+from dataset.tables import table_schemas
+from local import summary
 
 TRAFFIC = load_config("configs/traffic.yaml")
 _FILLED = ("aggregates", "training_examples", "dead_letter", "training_runs")

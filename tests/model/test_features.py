@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from dataset.config import config_from_dict
 from model.features import (
     HASH_BUCKETS,
     encode_batch,
@@ -9,7 +10,6 @@ from model.features import (
     feature_dim,
     label_array,
 )
-from pipelines.dataset_config import config_from_dict
 from tests.helpers import TRAFFIC, traffic_payload
 
 

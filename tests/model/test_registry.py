@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dataset.config import load_config
 from model.features import encode_batch
 from model.registry import (
     COMPLETE_MARKER,
@@ -21,7 +22,6 @@ from model.registry import (
     format_metrics,
     main,
 )
-from pipelines.dataset_config import load_config
 from simulator.traffic import TrafficSimulator
 
 TRAFFIC = load_config("configs/traffic.yaml")

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from local.resources import ensure_pubsub
+from dataset.resources import ensure_pubsub
 from model.registry import ModelRegistry
 from tests.e2e import count, publish, running_pipeline, wait_until
 from tests.helpers import traffic_payload
@@ -95,10 +95,10 @@ def test_promotion_and_rollback_reach_the_running_pipeline(
 
 
 def test_trigger_state_is_rebuilt_from_bigquery(gcp_project, bigquery_client, unique_name):
-    from local.resources import ensure_bigquery_tables
+    from dataset.resources import ensure_bigquery_tables
+    from dataset.tables import TRIGGER_SCHEMA, training_schema
     from tests.helpers import TRAFFIC
     from trainer.runs import insert_typed_rows
-    from transforms.bigquery_tables import TRIGGER_SCHEMA, training_schema
     from transforms.labeling import training_row
     from transforms.validation import validate_payload
 

@@ -7,7 +7,7 @@ import time
 import pytest
 import yaml
 
-from local.resources import ensure_pubsub
+from dataset.resources import ensure_pubsub
 from tests.e2e import count, publish, running_pipeline, wait_for_start, wait_until
 from tests.helpers import DROP, traffic_payload
 from transforms.validation import utc_iso

@@ -11,7 +11,7 @@ import json
 import math
 from typing import Any
 
-from pipelines.dataset_config import DatasetConfig
+from dataset.config import DatasetConfig
 
 
 def _check_value(spec_type: str, value: Any, lo=None, hi=None, values=None) -> str | None:

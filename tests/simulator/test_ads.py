@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from pipelines.dataset_config import load_config
+from dataset.config import load_config
 from simulator.ads import DEFAULT_START_MILLIS, AdSimulator
 from simulator.publish import export_ads
 from tests.simulator import checks

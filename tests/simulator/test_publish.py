@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from pipelines.dataset_config import load_config
+from dataset.config import load_config
 from simulator import publish
 from simulator.publish import (
     MALFORMED_KINDS,

@@ -13,7 +13,7 @@ import uuid
 
 import pytest
 
-from pipelines.dataset_config import load_config
+from dataset.config import load_config
 from simulator import publish
 from tests.simulator import checks
 

@@ -8,7 +8,7 @@ import re
 import numpy as np
 import pytest
 
-from pipelines.dataset_config import load_config
+from dataset.config import load_config
 from simulator.traffic import (
     ROAD_TYPES,
     TrafficSimulator,

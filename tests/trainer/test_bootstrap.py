@@ -10,8 +10,8 @@ from contextlib import redirect_stdout
 import numpy as np
 import pytest
 
+from dataset.config import load_config
 from model.registry import ModelRegistry
-from pipelines.dataset_config import load_config
 from simulator.publish import event_time_of
 from trainer.bootstrap import generate_history, main, split_by_time
 from trainer.metrics import evaluate, metrics_from_predictions, roc_auc

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from pipelines.dataset_config import load_config
+from dataset.config import load_config
 from simulator.traffic import TrafficSimulator
 from trainer.data import (
     event_seconds,
@@ -92,7 +92,7 @@ def test_window_query_dedupes_before_the_limit():
 
 @pytest.mark.emulators
 def test_read_training_window_from_bigquery(bigquery_client, gcp_project, unique_name):
-    from local.resources import ensure_bigquery_tables
+    from dataset.resources import ensure_bigquery_tables
 
     ensure_bigquery_tables(gcp_project, unique_name, TRAFFIC, client=bigquery_client)
     try:

@@ -8,8 +8,8 @@ import shutil
 import numpy as np
 import pytest
 
+from dataset.config import RetrainingPolicy, load_config
 from model.features import encode_batch, label_array
-from pipelines.dataset_config import RetrainingPolicy, load_config
 from tests.trainer.test_data import training_rows
 from trainer.data import split_by_time
 from trainer.gates import GateResult, current_model_metrics, infra_check, quality_check

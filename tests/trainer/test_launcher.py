@@ -22,7 +22,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from pipelines.dataset_config import RetrainingPolicy, load_config
+from dataset.config import RetrainingPolicy, load_config
 from trainer import launcher as L
 
 REPO = Path(__file__).resolve().parents[2]
@@ -375,8 +375,8 @@ FAKE_TRAINER = textwrap.dedent(
     """
     # Stand-in for trainer.task: same arguments, records its status rows, trains nothing.
     import argparse, os, sys, time
-    from local.resources import bigquery_client
-    from pipelines.dataset_config import load_config
+    from dataset.resources import bigquery_client
+    from dataset.config import load_config
     from trainer.runs import record_run_status, runs_table
 
     p = argparse.ArgumentParser()
@@ -405,7 +405,7 @@ def world(pubsub_emulator, bigquery_client, gcp_project, unique_name, tmp_path):
     """A retrain topic + subscription and the BigQuery tables, all fresh; deleted after."""
     from google.cloud import pubsub_v1
 
-    from local.resources import ensure_bigquery_tables, ensure_pubsub
+    from dataset.resources import ensure_bigquery_tables, ensure_pubsub
 
     topic, subscription = ensure_pubsub(gcp_project, unique_name, f"{unique_name}-launcher")
     ensure_bigquery_tables(gcp_project, unique_name, TRAFFIC, client=bigquery_client)
@@ -574,8 +574,8 @@ def test_triggers_wait_for_a_free_slot_and_crashes_are_recorded(world, monkeypat
 
 @pytest.mark.emulators
 def test_monitor_rolls_back_a_worse_version(world, bigquery_client, gcp_project):
+    from dataset.tables import QUALITY_SCHEMA
     from trainer.runs import insert_typed_rows, record_run_status
-    from transforms.bigquery_tables import QUALITY_SCHEMA
 
     rows = [
         # previous version v1: 0.9 accuracy over its last windows
@@ -757,10 +757,10 @@ def test_monitor_confirms_an_online_drop_on_the_same_recent_rows(
 ):
     """Concept drift lowers every version's online accuracy: the monitor rolls back
     only if the previous version also scores better on the same labeled rows."""
+    from dataset.tables import QUALITY_SCHEMA, training_schema
     from tests.helpers import traffic_payload
     from tests.transforms.test_inference import constant_model
     from trainer.runs import insert_typed_rows
-    from transforms.bigquery_tables import QUALITY_SCHEMA, training_schema
     from transforms.labeling import training_row
     from transforms.validation import validate_payload
 

@@ -7,11 +7,11 @@ import json
 
 import pytest
 
-from pipelines.dataset_config import load_config
+from dataset.config import load_config
+from dataset.tables import TRAINING_RUNS_SCHEMA
 from tests.trainer.test_data import END, training_rows
 from trainer import runs
 from trainer.task import build_parser, main, options_from_args
-from transforms.bigquery_tables import TRAINING_RUNS_SCHEMA
 
 TRAFFIC = load_config("configs/traffic.yaml")
 
@@ -137,7 +137,7 @@ def _last_json(capsys) -> dict:
 def test_training_runs_promote_then_reject_invalid_data(
     bigquery_client, gcp_project, unique_name, tmp_path, capsys
 ):
-    from local.resources import ensure_bigquery_tables
+    from dataset.resources import ensure_bigquery_tables
     from model.registry import ModelRegistry
 
     dataset = unique_name

@@ -8,7 +8,7 @@ import math
 import pytest
 from tensorflow_metadata.proto.v0 import schema_pb2
 
-from pipelines.dataset_config import config_from_dict, load_config
+from dataset.config import config_from_dict, load_config
 from tests.trainer.test_data import training_rows
 from trainer.validation import (
     CHECKS,

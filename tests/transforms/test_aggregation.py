@@ -8,7 +8,7 @@ from apache_beam.testing.test_stream import TestStream
 from apache_beam.testing.util import assert_that, equal_to, equal_to_per_window
 from apache_beam.transforms.window import IntervalWindow, TimestampedValue
 
-from pipelines.dataset_config import config_from_dict
+from dataset.config import config_from_dict
 from tests.helpers import T0, TRAFFIC, traffic_payload
 from transforms.aggregation import (
     WindowAndAggregate,

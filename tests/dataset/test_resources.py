@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from google.cloud import bigquery
 
-from local import resources
-from pipelines.dataset_config import load_config
-from transforms.bigquery_tables import table_schemas
+from dataset import resources
+from dataset.config import load_config
+from dataset.tables import table_schemas
 
 TRAFFIC = load_config("configs/traffic.yaml")
 ADS = load_config("configs/ad_conversions.yaml")

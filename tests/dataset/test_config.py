@@ -3,7 +3,7 @@ import copy
 import pytest
 import yaml
 
-from pipelines.dataset_config import config_from_dict, load_config
+from dataset.config import config_from_dict, load_config
 
 
 def _raw(path="configs/traffic.yaml"):

@@ -8,7 +8,7 @@ pipeline and the table-creation step.
 
 from __future__ import annotations
 
-from pipelines.dataset_config import DatasetConfig, FeatureSpec
+from dataset.config import DatasetConfig, FeatureSpec
 
 Field = dict[str, object]
 

@@ -12,7 +12,7 @@ pipeline calls ``ensure_bigquery_tables(project, dataset, config)`` at launch.
 
 CLI::
 
-    python -m local.resources --project local-project --config configs/traffic.yaml \\
+    python -m dataset.resources --project local-project --config configs/traffic.yaml \\
         --topic events --subscription events-pipeline --bq_dataset traffic_local
 """
 
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -27,9 +28,8 @@ from typing import Any
 from google.api_core import exceptions as gexc
 from google.cloud import bigquery
 
-from pipelines.dataset_config import DatasetConfig, load_config
-from pipelines.emulators import bigquery_emulator_url
-from transforms.bigquery_tables import table_schemas
+from dataset.config import DatasetConfig, load_config
+from dataset.tables import table_schemas
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +51,14 @@ _TYPE_ALIASES = {
 
 
 # --------------------------------------------------------------------------- BigQuery
+
+
+def bigquery_emulator_url() -> str | None:
+    """``BIGQUERY_EMULATOR_HOST`` with a scheme, or None when no emulator is set."""
+    host = os.environ.get("BIGQUERY_EMULATOR_HOST")
+    if not host:
+        return None
+    return host if "://" in host else f"http://{host}"
 
 
 def bigquery_client(project: str) -> bigquery.Client:
@@ -285,7 +293,7 @@ def ensure_pubsub(
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m local.resources",
+        prog="python -m dataset.resources",
         description="Create the Pub/Sub topic/subscription and the BigQuery dataset/tables "
         "(idempotent).",
     )
