@@ -29,6 +29,8 @@ TASKS = ("binary_classification", "regression")
 WINDOW_KINDS = ("fixed", "sliding")
 TIME_FORMATS = ("iso8601", "epoch_seconds", "epoch_millis")
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+# Reading a gs:// config: fail within this time rather than retry for minutes.
+GCS_TIMEOUT_SECONDS = 60.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -456,13 +458,50 @@ def config_from_dict(raw: Any, source: str = "<config>") -> DatasetConfig:
     return cfg
 
 
-def load_config(path: str | os.PathLike) -> DatasetConfig:
-    """Loads and validates a dataset config from a YAML or JSON file."""
-    path = os.fspath(path)
+def read_config_text(path: str) -> str:
+    """The text of a config file: a local path, or ``gs://bucket/object``.
+
+    ``gs://`` is read with google-cloud-storage (Application Default
+    Credentials; ``STORAGE_EMULATOR_HOST`` selects an emulator).
+
+    Raises:
+        ValueError: if the file or object does not exist or cannot be read.
+    """
+    if path.startswith("gs://"):
+        return _read_gcs_text(path)
+    if "://" in path:
+        raise ValueError(f"dataset config {path!r}: only local paths and gs:// URIs are supported")
     if not os.path.exists(path):
         raise ValueError(f"dataset config {path!r} does not exist")
     with open(path, encoding="utf-8") as f:
-        text = f.read()
+        return f.read()
+
+
+def _read_gcs_text(uri: str) -> str:
+    from google.api_core import exceptions as gexc
+    from google.auth import exceptions as auth_exc
+    from google.cloud import storage
+    from google.cloud.storage.retry import DEFAULT_RETRY
+
+    bucket, _, name = uri[len("gs://") :].partition("/")
+    if not bucket or not name:
+        raise ValueError(f"dataset config {uri!r}: expected gs://<bucket>/<object>")
+    try:
+        blob = storage.Client().bucket(bucket).blob(name)
+        data = blob.download_as_bytes(
+            timeout=GCS_TIMEOUT_SECONDS, retry=DEFAULT_RETRY.with_deadline(GCS_TIMEOUT_SECONDS)
+        )
+    except gexc.NotFound:
+        raise ValueError(f"dataset config {uri!r} does not exist") from None
+    except (gexc.GoogleAPIError, auth_exc.GoogleAuthError, OSError) as e:
+        raise ValueError(f"dataset config {uri!r} could not be read: {e}") from e
+    return data.decode("utf-8")
+
+
+def load_config(path: str | os.PathLike) -> DatasetConfig:
+    """Loads and validates a dataset config from a YAML or JSON file (local or gs://)."""
+    path = os.fspath(path)
+    text = read_config_text(path)
     try:
         raw = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
     except (yaml.YAMLError, json.JSONDecodeError) as e:

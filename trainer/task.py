@@ -45,9 +45,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
-import tempfile
 import time
 import traceback
 from collections.abc import Sequence
@@ -116,17 +114,8 @@ class _Run:
 
 
 def load_config_any(path: str) -> DatasetConfig:
-    """``load_config`` for a local path or a ``gs://`` URI (copied to a temp file)."""
-    if "://" not in path:
-        return load_config(path)
-    import tensorflow as tf
-
-    suffix = os.path.splitext(path)[1] or ".yaml"
-    with tempfile.TemporaryDirectory(prefix="trainer-config-") as tmp:
-        local = os.path.join(tmp, f"config{suffix}")
-        tf.io.gfile.copy(path, local, overwrite=True)
-        config = load_config(local)
-    return dataclasses.replace(config, source_path=path)
+    """``load_config`` for a local path or a ``gs://`` URI (read with google-cloud-storage)."""
+    return load_config(path)
 
 
 def _truncate(text: str, limit: int = MAX_REASON_CHARS) -> str:

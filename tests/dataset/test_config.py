@@ -1,4 +1,6 @@
 import copy
+import dataclasses
+import json
 
 import pytest
 import yaml
@@ -86,3 +88,49 @@ def test_a_new_dataset_needs_only_a_config(tmp_path):
     assert cfg.feature_names == ("n_links", "lang")
     assert cfg.retraining.min_new_examples > 0
     assert cfg.tables.dead_letter == "dead_letter"
+
+
+# ----------------------------------------------------------------- gs:// configs
+
+
+def test_gs_config_loads_like_the_local_file(config_bucket):
+    from tests.dataset.conftest import upload
+
+    with open("configs/traffic.yaml") as f:
+        uri = upload(config_bucket, "configs/traffic.yaml", f.read())
+    config = load_config(uri)
+    assert config.source_path == uri
+    assert dataclasses.replace(config, source_path="") == dataclasses.replace(
+        load_config("configs/traffic.yaml"), source_path=""
+    )
+
+
+def test_gs_json_config(config_bucket):
+    from tests.dataset.conftest import upload
+
+    uri = upload(config_bucket, "ads.json", json.dumps(_raw("configs/ad_conversions.yaml")))
+    assert load_config(uri).label.join_key == "impression_id"
+
+
+def test_bad_gs_config_names_the_field(config_bucket):
+    from tests.dataset.conftest import upload
+
+    raw = copy.deepcopy(_raw())
+    raw["features"]["occupancy"]["min"] = "low"
+    uri = upload(config_bucket, "broken.yaml", yaml.safe_dump(raw))
+    with pytest.raises(ValueError, match=r"gs://config-bucket/broken.yaml: features.occupancy.min"):
+        load_config(uri)
+
+
+@pytest.mark.parametrize(
+    "uri, message",
+    [
+        ("gs://config-bucket/missing.yaml", "does not exist"),
+        ("gs://no-such-bucket/traffic.yaml", "does not exist"),
+        ("gs://config-bucket", "expected gs://<bucket>/<object>"),
+        ("s3://bucket/traffic.yaml", "only local paths and gs://"),
+    ],
+)
+def test_unreadable_gs_config_is_a_value_error(config_bucket, uri, message):
+    with pytest.raises(ValueError, match=message):
+        load_config(uri)

@@ -4,6 +4,7 @@ import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines.options import StreamingTrainingOptions, table_spec, validated
+from tests.dataset.conftest import config_bucket  # noqa: F401 (fixture)
 
 GOOD = [
     "--project=local-project",
@@ -53,3 +54,33 @@ def test_bad_options_fail_early_with_the_flag_named(override, message):
 def test_missing_required_flag():
     with pytest.raises(ValueError, match="--bq_dataset is required"):
         validated(PipelineOptions(GOOD[:3]))
+
+
+def test_broken_config_stops_the_launch_before_anything_starts(tmp_path):
+    """Issue 9 drill: a bad field exits non-zero, names the field, contacts nothing."""
+    import yaml
+
+    from tests.pipelines.test_dataflow_graph import run_offline
+
+    with open("configs/traffic.yaml") as f:
+        raw = yaml.safe_load(f)
+    raw["windows"]["specs"][0]["size_seconds"] = "one minute"
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(yaml.safe_dump(raw))
+    args = [a for a in GOOD if not a.startswith("--dataset_config=")]
+    args += [f"--dataset_config={broken}", "--retrain_topic=projects/local-project/topics/r"]
+    result = run_offline(args)
+    assert result.returncode != 0
+    assert "windows.specs[0].size_seconds: expected an integer" in result.stderr
+    assert "NETWORK ATTEMPT" not in result.stderr
+    assert "Starting" not in result.stderr
+
+
+def test_options_accept_a_gs_config(config_bucket):  # noqa: F811 (the imported fixture)
+    from tests.dataset.conftest import upload
+
+    with open("configs/traffic.yaml") as f:
+        uri = upload(config_bucket, "traffic.yaml", f.read())
+    args = [a for a in GOOD if not a.startswith("--dataset_config=")]
+    _, config = validated(PipelineOptions([*args, f"--dataset_config={uri}"]))
+    assert (config.name, config.source_path) == ("traffic", uri)
