@@ -1,10 +1,13 @@
 """Idempotent creation of the Pub/Sub and BigQuery resources the pipeline uses.
 
 * Pub/Sub: the input topic and the pipeline's subscription (ack deadline 60 s).
-* BigQuery: the dataset and every table of ``table_schemas(config)``. A table
-  that already exists must have exactly the expected schema; otherwise
-  ``ValueError`` names the table and the differing columns (nothing is
-  altered: an incompatible table is a decision for a human).
+* BigQuery: the dataset and every table of ``table_schemas(config)``, DAY
+  partitioned and clustered as ``table_layouts(config)`` says (the same
+  request locally and in the cloud). A table that already exists must have
+  exactly the expected schema; otherwise ``ValueError`` names the table and
+  the differing columns (nothing is altered: an incompatible table is a
+  decision for a human). An existing table with another layout is only
+  logged: it works, but scans more (partitioning cannot be changed in place).
 
 Works against the emulators (``PUBSUB_EMULATOR_HOST``/``BIGQUERY_EMULATOR_HOST``
 set) and against real Google Cloud (Application Default Credentials). The
@@ -29,7 +32,7 @@ from google.api_core import exceptions as gexc
 from google.cloud import bigquery
 
 from dataset.config import DatasetConfig, load_config
-from dataset.tables import table_schemas
+from dataset.tables import TableLayout, table_layouts, table_schemas
 
 logger = logging.getLogger(__name__)
 
@@ -127,6 +130,37 @@ def schema_differences(
     return diffs
 
 
+def table_definition(
+    table_id: str, fields: Sequence[Mapping[str, Any]], layout: TableLayout
+) -> bigquery.Table:
+    """The ``bigquery.Table`` to create: schema, time partitioning and clustering."""
+    table = bigquery.Table(
+        table_id, schema=[bigquery.SchemaField.from_api_repr(dict(f)) for f in fields]
+    )
+    table.time_partitioning = bigquery.TimePartitioning(
+        type_=layout.partition_type, field=layout.partition_field
+    )
+    if layout.cluster_fields:
+        table.clustering_fields = list(layout.cluster_fields)
+    return table
+
+
+def layout_difference(expected: TableLayout, table: bigquery.Table) -> str | None:
+    """How an existing table's layout differs from ``expected`` (None: it matches)."""
+    partitioning = table.time_partitioning
+    got = (
+        (partitioning.type_, partitioning.field) if partitioning is not None else (None, None),
+        tuple(table.clustering_fields or ()),
+    )
+    want = ((expected.partition_type, expected.partition_field), expected.cluster_fields)
+    if got == want:
+        return None
+    return (
+        f"partitioning {got[0]} and clustering {list(got[1])}, expected "
+        f"{want[0]} and {list(want[1])}"
+    )
+
+
 def ensure_bigquery_dataset(
     client: bigquery.Client,
     project: str,
@@ -171,11 +205,11 @@ def ensure_bigquery_tables(
     ensure_bigquery_dataset(client, project, dataset, location)
     tables: dict[str, bigquery.Table] = {}
     mismatches: list[str] = []
+    layouts = table_layouts(config)
     for name, fields in table_schemas(config).items():
         table_id = f"{project}.{dataset}.{name}"
-        schema = [bigquery.SchemaField.from_api_repr(dict(f)) for f in fields]
         table = client.create_table(
-            bigquery.Table(table_id, schema=schema),
+            table_definition(table_id, fields, layouts[name]),
             exists_ok=True,
             retry=_BQ_RETRY,
             timeout=API_TIMEOUT_SECONDS,
@@ -185,6 +219,14 @@ def ensure_bigquery_tables(
         diffs = schema_differences(fields, actual)
         if diffs:
             mismatches.append(f"table {table_id}: " + "; ".join(diffs))
+        layout_diff = layout_difference(layouts[name], table)
+        if layout_diff:
+            logger.warning(
+                "table %s exists with %s; queries on it scan more than needed. "
+                "Recreate it (copy the rows) to get the layout.",
+                table_id,
+                layout_diff,
+            )
         tables[name] = table
     if mismatches:
         raise ValueError(

@@ -1,12 +1,18 @@
-"""BigQuery table schemas, derived from the dataset config.
+"""BigQuery table schemas and layouts, derived from the dataset config.
 
 Schemas are plain lists of ``{"name", "type", "mode"}`` dicts, the form both
 ``WriteToBigQuery(schema={"fields": ...})`` and ``google-cloud-bigquery``
 (via ``SchemaField.from_api_repr``) accept, so one definition serves the
 pipeline and the table-creation step.
+
+Layouts (``table_layouts``): every table is partitioned by DAY on its own
+time column and, where it has the config's key column, clustered by it.
+Queries that filter on the partition column read only the days they need.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 from dataset.config import DatasetConfig, FeatureSpec
 
@@ -180,4 +186,33 @@ def table_schemas(config: DatasetConfig) -> dict[str, list[Field]]:
         t.retrain_triggers: TRIGGER_SCHEMA,
         t.training_runs: TRAINING_RUNS_SCHEMA,
         t.data_quarantine: QUARANTINE_SCHEMA,
+    }
+
+
+@dataclasses.dataclass(frozen=True)
+class TableLayout:
+    """How a table is laid out: DAY partitions on a TIMESTAMP column, clustering columns."""
+
+    partition_field: str
+    cluster_fields: tuple[str, ...] = ()
+    partition_type: str = "DAY"
+
+
+def table_layouts(config: DatasetConfig) -> dict[str, TableLayout]:
+    """Partitioning and clustering of every table of ``table_schemas``, by table name.
+
+    The partition column is the time a reader filters on: event time for
+    examples and predictions, window start for windowed rows, the time a row
+    was written for the launcher's and trainer's bookkeeping tables.
+    """
+    t, key = config.tables, (config.key_field,)
+    return {
+        t.aggregates: TableLayout("window_start", key),
+        t.training_examples: TableLayout("event_time", key),
+        t.dead_letter: TableLayout("timestamp"),
+        t.predictions: TableLayout("event_time", key),
+        t.prediction_quality: TableLayout("window_start"),
+        t.retrain_triggers: TableLayout("created_at"),
+        t.training_runs: TableLayout("recorded_at"),
+        t.data_quarantine: TableLayout("quarantined_at"),
     }

@@ -7,7 +7,7 @@ from google.cloud import bigquery
 
 from dataset import resources
 from dataset.config import load_config
-from dataset.tables import table_schemas
+from dataset.tables import TableLayout, table_layouts, table_schemas
 
 TRAFFIC = load_config("configs/traffic.yaml")
 ADS = load_config("configs/ad_conversions.yaml")
@@ -69,6 +69,76 @@ def test_client_accepts_emulator_host_without_scheme(monkeypatch):
     assert client._connection.API_BASE_URL == "http://127.0.0.1:1"
 
 
+class _RecordingClient:
+    """Stands in for ``bigquery.Client``: records the tables it is asked to create.
+
+    ``existing`` maps table ids to what ``create_table(exists_ok=True)`` returns
+    for tables that already exist.
+    """
+
+    def __init__(self, existing: dict[str, bigquery.Table] | None = None):
+        self.created: dict[str, bigquery.Table] = {}
+        self.existing = existing or {}
+
+    def create_dataset(self, dataset, **_):
+        return dataset
+
+    def create_table(self, table, exists_ok=False, **_):
+        assert exists_ok
+        self.created[table.table_id] = table
+        return self.existing.get(table.table_id, table)
+
+
+@pytest.mark.parametrize("config", [TRAFFIC, ADS], ids=["traffic", "ad_conversions"])
+def test_tables_are_created_day_partitioned_and_clustered_by_key(config):
+    client = _RecordingClient()
+    resources.ensure_bigquery_tables("demo-project", "d", config, client=client)
+    t, key = config.tables, config.key_field
+    sent = {
+        name: (
+            table.to_api_repr()["timePartitioning"],
+            (table.to_api_repr().get("clustering") or {}).get("fields"),
+        )
+        for name, table in client.created.items()
+    }
+    assert sent == {
+        t.aggregates: ({"type": "DAY", "field": "window_start"}, [key]),
+        t.training_examples: ({"type": "DAY", "field": "event_time"}, [key]),
+        t.dead_letter: ({"type": "DAY", "field": "timestamp"}, None),
+        t.predictions: ({"type": "DAY", "field": "event_time"}, [key]),
+        t.prediction_quality: ({"type": "DAY", "field": "window_start"}, None),
+        t.retrain_triggers: ({"type": "DAY", "field": "created_at"}, None),
+        t.training_runs: ({"type": "DAY", "field": "recorded_at"}, None),
+        t.data_quarantine: ({"type": "DAY", "field": "quarantined_at"}, None),
+    }
+
+
+def test_an_existing_table_with_another_layout_is_logged_not_altered(caplog):
+    name = TRAFFIC.tables.training_examples
+    table_id = f"demo-project.d.{name}"
+    plain = bigquery.Table(
+        table_id,
+        schema=[bigquery.SchemaField.from_api_repr(dict(f)) for f in table_schemas(TRAFFIC)[name]],
+    )
+    client = _RecordingClient(existing={name: plain})
+    with caplog.at_level("WARNING", logger="dataset.resources"):
+        tables = resources.ensure_bigquery_tables("demo-project", "d", TRAFFIC, client=client)
+    assert tables[name] is plain
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1
+    assert table_id in warnings[0]
+    assert "partitioning (None, None)" in warnings[0]
+    assert "expected ('DAY', 'event_time') and ['sensor_id']" in warnings[0]
+
+
+def test_layout_difference():
+    layout = TableLayout("event_time", ("sensor_id",))
+    table = resources.table_definition("p.d.t", [], layout)
+    assert resources.layout_difference(layout, table) is None
+    table.clustering_fields = None
+    assert "clustering []" in resources.layout_difference(layout, table)
+
+
 @pytest.mark.emulators
 @pytest.mark.parametrize("config", [TRAFFIC, ADS], ids=["traffic", "ad_conversions"])
 def test_bigquery_tables_idempotent(bigquery_client, gcp_project, unique_name, config):
@@ -80,6 +150,8 @@ def test_bigquery_tables_idempotent(bigquery_client, gcp_project, unique_name, c
         table = bigquery_client.get_table(f"{gcp_project}.{unique_name}.{name}")
         actual = [f.to_api_repr() for f in table.schema]
         assert resources.schema_differences(fields, actual) == [], name
+        # bqemulator keeps partitioning and clustering: the same request as in the cloud.
+        assert resources.layout_difference(table_layouts(config)[name], table) is None, name
 
 
 @pytest.mark.emulators
