@@ -459,7 +459,7 @@ def config_from_dict(raw: Any, source: str = "<config>") -> DatasetConfig:
 
 
 def read_config_text(path: str) -> str:
-    """The text of a config file: a local path, or ``gs://bucket/object``.
+    """The text of a config file: a local path (or ``file://``), or ``gs://bucket/object``.
 
     ``gs://`` is read with google-cloud-storage (Application Default
     Credentials; ``STORAGE_EMULATOR_HOST`` selects an emulator).
@@ -469,11 +469,14 @@ def read_config_text(path: str) -> str:
     """
     if path.startswith("gs://"):
         return _read_gcs_text(path)
-    if "://" in path:
-        raise ValueError(f"dataset config {path!r}: only local paths and gs:// URIs are supported")
-    if not os.path.exists(path):
+    local = path.removeprefix("file://")
+    if "://" in local:
+        raise ValueError(
+            f"dataset config {path!r}: only local paths, file:// and gs:// URIs are supported"
+        )
+    if not os.path.exists(local):
         raise ValueError(f"dataset config {path!r} does not exist")
-    with open(path, encoding="utf-8") as f:
+    with open(local, encoding="utf-8") as f:
         return f.read()
 
 

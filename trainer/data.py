@@ -19,6 +19,16 @@ against real BigQuery ``to_arrow(create_bqstorage_client=True)`` downloads
 them with the Storage Read API (much faster for large windows). Both paths
 go through Arrow, so the rows look the same either way.
 
+Partition pruning: the table is DAY-partitioned on ``event_time``
+(``dataset.tables.table_layouts``), and every query filters on it. A time
+range filters directly. "The newest ``rows`` examples" asks the newest days
+first: a lower bound ``LOOKBACK_DAYS[0]`` days before ``end`` (or now), widened
+step by step while the table has fewer rows than wanted since then; only a
+table with fewer rows than wanted in the last year is read whole (the last
+step). Rows newer than the bound are never missed: each step reads every
+partition from its bound on, future-dated rows included. (A range with an
+end but no start, and no row limit, reads every partition before the end.)
+
 ``split_by_time`` holds out the newest ``validation_fraction`` of the rows by
 event time; every validation row is at or after every training row (rows that
 share the cut-off time all go to validation), so nothing from the future leaks
@@ -27,6 +37,7 @@ into training.
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -37,6 +48,9 @@ from dataset.times import event_seconds, rfc3339, to_datetime  # noqa: F401 (re-
 
 EVENT_TIME = "event_time"
 _RANK = "_dedupe_rank"
+# Lower bounds (days before end or now) tried in turn for "the newest N rows";
+# None: no bound (only when the last year holds fewer than N rows).
+LOOKBACK_DAYS: tuple[int | None, ...] = (2, 14, 90, 365, None)
 
 Row = dict[str, Any]
 
@@ -73,6 +87,7 @@ def read_training_window(
     rows: int | None = None,
     start: Any = None,
     end: Any = None,
+    now: dt.datetime | None = None,
 ) -> list[Row]:
     """Reads the training window, one row per example, oldest first.
 
@@ -86,6 +101,7 @@ def read_training_window(
             ``end`` is given; with a time range, None means every row in it.
         start: inclusive lower bound on event time (datetime, epoch seconds or RFC 3339).
         end: exclusive upper bound on event time.
+        now: the clock for the newest-rows lookback (default: the current time).
 
     Returns:
         Rows as dicts with the training table's columns; TIMESTAMP columns are
@@ -94,8 +110,6 @@ def read_training_window(
     Raises:
         ValueError: for a non-positive ``rows`` or ``start >= end``.
     """
-    from google.cloud import bigquery
-
     if rows is None and start is None and end is None:
         rows = config.retraining.training_window_rows
     if rows is not None and rows <= 0:
@@ -106,6 +120,20 @@ def read_training_window(
         raise ValueError(f"empty time range: start {start_dt} is not before end {end_dt}")
 
     table = f"{project}.{dataset}.{config.tables.training_examples}"
+    if start_dt is not None or rows is None:
+        return _query_window(client, table, start_dt, end_dt, rows)
+    anchor = end_dt or now or dt.datetime.now(dt.UTC)
+    for days in LOOKBACK_DAYS:
+        bound = None if days is None else anchor - dt.timedelta(days=days)
+        out = _query_window(client, table, bound, end_dt, rows)
+        if len(out) >= rows:
+            break
+    return out
+
+
+def _query_window(client, table: str, start_dt, end_dt, rows: int | None) -> list[Row]:
+    from google.cloud import bigquery
+
     params = []
     if start_dt is not None:
         params.append(bigquery.ScalarQueryParameter("start", "TIMESTAMP", start_dt))

@@ -128,7 +128,7 @@ def test_bad_gs_config_names_the_field(config_bucket):
         ("gs://config-bucket/missing.yaml", "does not exist"),
         ("gs://no-such-bucket/traffic.yaml", "does not exist"),
         ("gs://config-bucket", "expected gs://<bucket>/<object>"),
-        ("s3://bucket/traffic.yaml", "only local paths and gs://"),
+        ("s3://bucket/traffic.yaml", "only local paths, file:// and gs://"),
     ],
 )
 def test_unreadable_gs_config_is_a_value_error(config_bucket, uri, message):

@@ -161,13 +161,84 @@ class _FakeClient:
 def test_storage_read_api_only_without_an_emulator(monkeypatch):
     client = _FakeClient()
     monkeypatch.delenv("BIGQUERY_EMULATOR_HOST", raising=False)
-    rows = read_training_window(client, "p", "d", TRAFFIC)
+    rows = read_training_window(client, "p", "d", TRAFFIC, rows=2)
     assert client.calls == [True]
     assert [r["example_id"] for r in rows] == ["a", "b"]  # oldest first
     assert "`p.d.training_examples`" in client.sql and "LIMIT @rows" in client.sql
     monkeypatch.setenv("BIGQUERY_EMULATOR_HOST", "http://127.0.0.1:9")
     read_training_window(client, "p", "d", TRAFFIC, start="2024-01-01T00:00:00Z")
     assert client.calls == [True, False]
+    assert "event_time >= @start" in client.sql
     assert "LIMIT" not in client.sql  # a time range without rows: everything in it
     with pytest.raises(ValueError):
         read_training_window(client, "p", "d", TRAFFIC, rows=0)
+
+
+class _TableClient:
+    """A BigQuery stand-in over rows with ``event_time`` datetimes: applies the
+    query's ``@start``/``@end``/``@rows`` parameters and records each query's."""
+
+    def __init__(self, times: list[dt.datetime]):
+        self.times = times
+        self.queries: list[dict] = []
+
+    def query(self, sql, job_config):
+        params = {p.name: p.value for p in job_config.query_parameters}
+        self.queries.append(params)
+        assert ("event_time >= @start" in sql) == ("start" in params)
+        picked = [
+            t
+            for t in self.times
+            if ("start" not in params or t >= params["start"])
+            and ("end" not in params or t < params["end"])
+        ]
+        picked = sorted(picked, reverse=True)[: params.get("rows")]
+        return _TableResult(picked)
+
+
+class _TableResult:
+    def __init__(self, times):
+        self.times = times
+
+    def result(self):
+        return self
+
+    def to_arrow(self, create_bqstorage_client):
+        import pyarrow as pa
+
+        return pa.table(
+            {"example_id": [t.isoformat() for t in self.times], "event_time": self.times}
+        )
+
+
+NOW = dt.datetime(2026, 6, 1, 12, tzinfo=dt.UTC)
+
+
+def test_newest_rows_read_only_the_newest_partitions():
+    """Enough rows in the last 2 days: one query, bounded on the partition column."""
+    times = [NOW - dt.timedelta(hours=h) for h in range(0, 24 * 30, 6)]
+    client = _TableClient(times)
+    rows = read_training_window(client, "p", "d", TRAFFIC, rows=5, now=NOW)
+    assert [r["event_time"] for r in rows] == sorted(times)[-5:]
+    assert client.queries == [{"start": NOW - dt.timedelta(days=2), "rows": 5}]
+
+
+def test_newest_rows_widen_the_bound_until_the_window_is_full():
+    times = [NOW - dt.timedelta(days=d) for d in (1, 10, 60, 200, 1000, 1001)]
+    client = _TableClient(times)
+    rows = read_training_window(client, "p", "d", TRAFFIC, rows=4, now=NOW)
+    assert [r["event_time"] for r in rows] == sorted(times)[-4:]
+    assert [q.get("start") for q in client.queries] == [
+        NOW - dt.timedelta(days=d) for d in (2, 14, 90, 365)
+    ]
+    # Fewer rows in the last year than wanted: the last step reads every partition.
+    client = _TableClient(times)
+    rows = read_training_window(client, "p", "d", TRAFFIC, rows=100, now=NOW)
+    assert len(rows) == 6
+    assert [q.get("start") for q in client.queries][-1] is None
+    # With an end and no start, the bound counts back from the end.
+    client = _TableClient(times)
+    end = NOW - dt.timedelta(days=100)
+    rows = read_training_window(client, "p", "d", TRAFFIC, rows=1, end=end, now=NOW)
+    assert [r["event_time"] for r in rows] == [NOW - dt.timedelta(days=200)]
+    assert client.queries[0] == {"start": end - dt.timedelta(days=2), "end": end, "rows": 1}
