@@ -1,20 +1,14 @@
 """Packaging for the streaming continuous-training system.
 
-Dataflow workers install this package (``--setup_file``); versions come from
-requirements.txt so they are pinned in one place.
+``install_requires`` holds loose, compatible ranges: one entry per
+third-party package the code imports (or that Beam's TensorFlow handler
+imports for it). Exact versions live in one place, the lock
+``requirements.txt``, which the container image, ``local/setup_env.sh`` and CI
+install. Dataflow workers run the container image (``--sdk_container_image``),
+so they install nothing at start. ``local/`` (the emulator stack) is not shipped.
 """
 
-import pathlib
-
 import setuptools
-
-HERE = pathlib.Path(__file__).parent
-
-
-def _requirements() -> list[str]:
-    lines = (HERE / "requirements.txt").read_text().splitlines()
-    return [ln.strip() for ln in lines if ln.strip() and not ln.startswith("#")]
-
 
 setuptools.setup(
     name="streaming-continuous-training",
@@ -22,16 +16,24 @@ setuptools.setup(
     description="Streaming continuous training on Apache Beam / Dataflow",
     python_requires=">=3.11",
     packages=setuptools.find_packages(
-        include=[
-            "dataset*",
-            "pipelines*",
-            "transforms*",
-            "model*",
-            "trainer*",
-            "simulator*",
-            "local*",
-        ]
+        include=["dataset*", "pipelines*", "transforms*", "model*", "trainer*", "simulator*"]
     ),
     package_data={"": ["*.yaml", "*.json"]},
-    install_requires=_requirements(),
+    install_requires=[
+        "apache-beam[gcp]>=2.77,<3",
+        "tensorflow>=2.21,<3",
+        "keras>=3.15,<4",
+        # Imported by apache_beam.ml.inference.tensorflow_inference.
+        "tensorflow-hub>=0.16,<1",
+        "tensorflow-metadata>=1.21,<2",
+        "google-api-core>=2.25,<3",
+        "google-auth>=2.40,<3",
+        "google-cloud-aiplatform>=1.165,<2",
+        "google-cloud-bigquery>=3.47,<4",
+        "google-cloud-pubsub>=2.44,<3",
+        "google-cloud-storage>=3.4,<4",
+        "numpy>=2.0,<3",
+        "psutil>=5.9",
+        "pyyaml>=6.0,<7",
+    ],
 )

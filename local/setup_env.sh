@@ -2,9 +2,9 @@
 # Shared set-up for run_local.sh and run_tests.sh (source it, then call setup_env).
 #
 # * Creates .venv with python3.11 (or python3 >= 3.11) if it does not exist.
-# * Installs requirements-dev.txt and the project (-e .) only when
-#   requirements*.txt or setup.py changed since the last install (a hash
-#   stamp in .venv/.requirements.sha256).
+# * Installs requirements-dev.txt (the lock requirements.txt plus dev tools) and
+#   the project (-e .) only when requirements*.txt, setup.py or pyproject.toml
+#   changed since the last install (a hash stamp in .venv/.requirements.sha256).
 # * Places DuckDB's spatial extension where bqemulator expects it (offline).
 #
 # Variables: VENV_DIR (default <repo>/.venv), PYTHON (interpreter for a new venv).
@@ -31,7 +31,8 @@ _pick_python() {
 }
 
 requirements_hash() {
-  (cd "$REPO_ROOT" && cat requirements.txt requirements-dev.txt setup.py | sha256sum | cut -d' ' -f1)
+  (cd "$REPO_ROOT" &&
+    cat requirements.txt requirements-dev.txt setup.py pyproject.toml | sha256sum | cut -d' ' -f1)
 }
 
 ensure_venv() {

@@ -3,7 +3,7 @@
 Why not Beam's own refresh: ``RunInference(watch_model_pattern=...)`` and a
 ``model_metadata_pcoll`` side input both work on Dataflow, but on the local
 streaming DirectRunner the first fails at construction and the second never
-emits predictions (checked with Beam 2.77, see shared/NOTES.md). This handler
+emits predictions (checked with Beam 2.77 on the legacy DirectRunner). This handler
 works the same on both runners: the loaded "model" is a ``HotSwapModel`` that,
 between batches, reads the registry's small CURRENT file at most every
 ``poll_seconds`` and, when it names another version, loads that version and
