@@ -14,6 +14,7 @@ the job's step names as one JSON line (``job_summary``). The checked-in
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import sys
@@ -22,7 +23,7 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions, TestOptions
 
-from pipelines.options import bq_project, validated
+from pipelines.options import StreamingTrainingOptions, bq_project, validated
 from pipelines.streaming import build_pipeline, uses_dataflow
 
 _LOG = logging.getLogger(__name__)
@@ -69,7 +70,27 @@ def dry_run_job(options: PipelineOptions) -> Any:
     return pipeline.run().job
 
 
+def help_parser() -> argparse.ArgumentParser:
+    """The ``--help`` of this entry point: the pipeline's own options (the template's
+    parameters, ``templates/metadata.json``)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.main",
+        description="The streaming continuous-training pipeline (also the flex template's "
+        "entry point).",
+        epilog="Beam's pipeline options are accepted too, e.g. --runner, --project, --region, "
+        "--temp_location, --streaming, --sdk_container_image, --dry_run=True (with "
+        "--runner DataflowRunner --no_auth: build the Dataflow job offline and print its "
+        "step names as one JSON line).",
+    )
+    StreamingTrainingOptions._add_argparse_args(parser)
+    return parser
+
+
 def run(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    if "-h" in args or "--help" in args:
+        help_parser().print_help()
+        return
     options = PipelineOptions(argv)
     options.view_as(StandardOptions).streaming = True
     try:

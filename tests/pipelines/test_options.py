@@ -28,6 +28,25 @@ def test_flex_template_parameters_are_exactly_the_options():
     assert required == {"dataset_config", "input_subscription", "bq_dataset"}
 
 
+def test_flex_template_parameters_are_the_help_options():
+    """Every template parameter is an option ``python -m pipelines.main --help`` lists."""
+    import re
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "pipelines.main", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    listed = set(re.findall(r"^  --(\w+)", done.stdout, re.M))
+    with open("templates/metadata.json") as f:
+        params = {p["name"] for p in json.load(f)["parameters"]}
+    assert params == listed
+
+
 def test_valid_options_load_the_config():
     opts, config = validated(PipelineOptions(GOOD))
     assert config.name == "traffic"
