@@ -152,7 +152,7 @@ def test_beam_sdk_entrypoint_matches_the_locked_beam_and_python():
 def test_the_image_installs_the_lock_then_the_package_and_checks_them():
     runs = [a for op, a in INSTRUCTIONS if op == "RUN"]
     assert any("pip install --no-cache-dir -r requirements.txt" in r for r in runs)
-    assert any("pip install --no-cache-dir --no-deps ." in r and "pip check" in r for r in runs)
+    assert any("pip install --no-cache-dir --no-deps -e ." in r and "pip check" in r for r in runs)
     assert runs.index(next(r for r in runs if "-r requirements.txt" in r)) < runs.index(
         next(r for r in runs if "pip check" in r)
     )
