@@ -167,7 +167,19 @@ def ensure_bigquery_dataset(
     dataset: str,
     location: str | None = None,
 ) -> bigquery.Dataset:
-    """Creates the dataset if it does not exist; returns it."""
+    """Creates the dataset if it does not exist; returns it.
+
+    An existing dataset is only read, so a service account with rights on the
+    dataset alone (no project-wide ``bigquery.datasets.create``) can run this.
+    """
+    try:
+        existing = client.get_dataset(
+            f"{project}.{dataset}", retry=_BQ_RETRY, timeout=API_TIMEOUT_SECONDS
+        )
+        logger.info("BigQuery dataset %s.%s exists", project, dataset)
+        return existing
+    except gexc.NotFound:
+        pass
     ds = bigquery.Dataset(f"{project}.{dataset}")
     if location:
         ds.location = location

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from google.api_core.exceptions import NotFound
 from google.cloud import bigquery
 
 from dataset import resources
@@ -76,11 +77,22 @@ class _RecordingClient:
     for tables that already exist.
     """
 
-    def __init__(self, existing: dict[str, bigquery.Table] | None = None):
+    def __init__(
+        self, existing: dict[str, bigquery.Table] | None = None, dataset_exists: bool = False
+    ):
         self.created: dict[str, bigquery.Table] = {}
         self.existing = existing or {}
+        self.dataset_exists = dataset_exists
+        self.created_datasets: list[str] = []
+
+    def get_dataset(self, dataset_ref, **_):
+        if self.dataset_exists:
+            return bigquery.Dataset(dataset_ref)
+        raise NotFound(dataset_ref)
 
     def create_dataset(self, dataset, **_):
+        assert not self.dataset_exists, "an existing dataset must not be created again"
+        self.created_datasets.append(dataset.dataset_id)
         return dataset
 
     def create_table(self, table, exists_ok=False, **_):
@@ -93,6 +105,7 @@ class _RecordingClient:
 def test_tables_are_created_day_partitioned_and_clustered_by_key(config):
     client = _RecordingClient()
     resources.ensure_bigquery_tables("demo-project", "d", config, client=client)
+    assert client.created_datasets == ["d"]
     t, key = config.tables, config.key_field
     sent = {
         name: (
@@ -120,10 +133,11 @@ def test_an_existing_table_with_another_layout_is_logged_not_altered(caplog):
         table_id,
         schema=[bigquery.SchemaField.from_api_repr(dict(f)) for f in table_schemas(TRAFFIC)[name]],
     )
-    client = _RecordingClient(existing={name: plain})
+    client = _RecordingClient(existing={name: plain}, dataset_exists=True)
     with caplog.at_level("WARNING", logger="dataset.resources"):
         tables = resources.ensure_bigquery_tables("demo-project", "d", TRAFFIC, client=client)
     assert tables[name] is plain
+    assert client.created_datasets == []  # only read: dataset-level rights suffice
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 1
     assert table_id in warnings[0]
