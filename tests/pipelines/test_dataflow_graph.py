@@ -51,9 +51,11 @@ ARGS = [
 REGENERATE = "templates/run.sh step-names  # rewrites templates/step_names.json"
 
 # Runs pipelines.main with every TCP/UDP connection refused and reported on stderr.
+# tf.io.gfile reaches gs:// through TensorFlow's own C++ HTTP client, not Python
+# sockets, so its functions are wrapped to report any remote path as well.
 _OFFLINE = textwrap.dedent(
     """
-    import runpy, socket, sys
+    import functools, runpy, socket, sys
     _real_connect = socket.socket.connect
     def _refuse(self, address, *a, **k):
         if self.family == socket.AF_UNIX:
@@ -62,6 +64,20 @@ _OFFLINE = textwrap.dedent(
         raise OSError("network disabled by the test")
     socket.socket.connect = _refuse
     socket.socket.connect_ex = _refuse
+
+    import tensorflow as tf
+    def _local_only(name, fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            if any(isinstance(a, str) and "://" in a for a in args):
+                print(f"NETWORK ATTEMPT: tf.io.gfile.{name}{args}", file=sys.stderr, flush=True)
+                raise OSError("network disabled by the test")
+            return fn(*args, **kwargs)
+        return wrapper
+    for _name in dir(tf.io.gfile):
+        if not _name.startswith("_") and callable(getattr(tf.io.gfile, _name)):
+            setattr(tf.io.gfile, _name, _local_only(_name, getattr(tf.io.gfile, _name)))
+
     sys.argv = ["pipelines.main", *sys.argv[1:]]
     runpy.run_module("pipelines.main", run_name="__main__")
     """
