@@ -28,10 +28,11 @@ def config_bucket() -> Iterator[str]:
     from gcp_storage_emulator.server import create_server
 
     bucket = "config-bucket"
-    server = create_server("127.0.0.1", _free_port(), in_memory=True, default_bucket=bucket)
+    port = _free_port()
+    server = create_server("127.0.0.1", port, in_memory=True, default_bucket=bucket)
     server.start()
     previous = os.environ.get("STORAGE_EMULATOR_HOST")
-    os.environ["STORAGE_EMULATOR_HOST"] = f"http://127.0.0.1:{server._api._port}"
+    os.environ["STORAGE_EMULATOR_HOST"] = f"http://127.0.0.1:{port}"
     try:
         yield bucket
     finally:
