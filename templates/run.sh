@@ -12,8 +12,8 @@
 #   drain         stop reading, finish in-flight windows, then stop (--job-id, or the
 #                 active job named JOB_NAME)
 #   cancel        stop now, dropping in-flight data (--job-id, or by JOB_NAME)
-#   launcher      deploy the training launcher as a Cloud Run job (same image), run it
-#                 hourly with Cloud Scheduler, and start it now
+#   launcher      deploy the training launcher as a Cloud Run job (same image), let its
+#                 account run it, run it hourly with Cloud Scheduler, and start it now
 #   graph         build the Dataflow job offline (--dry_run) and print its step names
 #   step-names    rewrite templates/step_names.json from the offline graph
 #
@@ -109,6 +109,9 @@ launcher() {
     --task-timeout 3600s --max-retries 1 --cpu 2 --memory 4Gi \
     --add-volume "name=state,type=cloud-storage,bucket=$BUCKET" \
     --add-volume-mount "volume=state,mount-path=/state"
+  # Cloud Scheduler runs the job as the launcher's account: it needs run.jobs.run on it.
+  cmd gcloud run jobs add-iam-policy-binding "$LAUNCHER_JOB" --project "$PROJECT" \
+    --region "$REGION" --member "serviceAccount:$LAUNCHER_SA" --role roles/run.invoker
   cmd gcloud scheduler jobs create http "$LAUNCHER_JOB-hourly" --project "$PROJECT" \
     --location "$REGION" --schedule "0 * * * *" --http-method POST \
     --uri "https://run.googleapis.com/v2/projects/$PROJECT/locations/$REGION/jobs/$LAUNCHER_JOB:run" \

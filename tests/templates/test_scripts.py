@@ -135,7 +135,7 @@ def test_drain_and_cancel(verb):
 def test_launcher_runs_on_cloud_run_from_the_same_image():
     from trainer.launcher import _build_parser
 
-    deploy, schedule, execute = printed("run.sh", "launcher")
+    deploy, invoker, schedule, execute = printed("run.sh", "launcher")
     assert deploy[:5] == ["gcloud", "run", "jobs", "deploy", "ct-launcher-traffic"]
     assert flag(deploy, "--image") == IMAGE
     assert flag(deploy, "--command") == "python"
@@ -149,6 +149,10 @@ def test_launcher_runs_on_cloud_run_from_the_same_image():
     assert args.state_dir.startswith("/state/")  # on the bucket volume: survives restarts
     assert flag(deploy, "--add-volume-mount") == "volume=state,mount-path=/state"
     assert args.duration < int(flag(deploy, "--task-timeout").rstrip("s"))
+    assert invoker[:5] == ["gcloud", "run", "jobs", "add-iam-policy-binding", "ct-launcher-traffic"]
+    assert flag(invoker, "--role") == "roles/run.invoker"
+    assert flag(invoker, "--member") == "serviceAccount:" + flag(deploy, "--service-account")
+    assert flag(schedule, "--oauth-service-account-email") == flag(deploy, "--service-account")
     assert schedule[:5] == ["gcloud", "scheduler", "jobs", "create", "http"]
     assert flag(schedule, "--uri").endswith("/jobs/ct-launcher-traffic:run")
     assert execute == ["gcloud", "run", "jobs", "execute", "ct-launcher-traffic"] + [
