@@ -26,6 +26,8 @@ setuptools.setup(
         # Imported by apache_beam.ml.inference.tensorflow_inference.
         "tensorflow-hub>=0.16,<1",
         "tensorflow-metadata>=1.21,<2",
+        # Data-validation statistics and TFMD schema helpers (the design card's stack).
+        "tfx-bsl>=1.21,<2",
         "google-api-core>=2.25,<3",
         "google-auth>=2.40,<3",
         "google-cloud-aiplatform>=1.165,<2",
