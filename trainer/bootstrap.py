@@ -42,8 +42,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from dataset.config import DatasetConfig, load_config
+from dataset.times import parse_time_arg, rfc3339
 from model.registry import ModelRegistry
-from simulator.publish import check_config_matches, event_time_of, parse_time_arg, rfc3339
+from simulator.messages import check_config_matches, event_time_of
 from simulator.traffic import TrafficSimulator
 
 VALIDATION_FRACTION = 0.2

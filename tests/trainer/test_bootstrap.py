@@ -12,7 +12,7 @@ import pytest
 
 from dataset.config import load_config
 from model.registry import ModelRegistry
-from simulator.publish import event_time_of
+from simulator.messages import event_time_of
 from trainer.bootstrap import generate_history, main, split_by_time
 from trainer.metrics import evaluate, metrics_from_predictions, roc_auc
 
