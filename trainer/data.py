@@ -19,6 +19,11 @@ against real BigQuery ``to_arrow(create_bqstorage_client=True)`` downloads
 them with the Storage Read API (much faster for large windows). Both paths
 go through Arrow, so the rows look the same either way.
 
+``read_training_file`` reads the same window, with the same rules, from a
+JSON Lines file of training-table rows (``write_training_file`` writes one):
+how the first model is trained from history that is not in BigQuery
+(``trainer.bootstrap``).
+
 ``split_by_time`` holds out the newest ``validation_fraction`` of the rows by
 event time; every validation row is at or after every training row (rows that
 share the cut-off time all go to validation), so nothing from the future leaks
@@ -27,15 +32,17 @@ into training.
 
 from __future__ import annotations
 
+import json
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from dataset.config import DatasetConfig
 from dataset.times import event_seconds, rfc3339, to_datetime  # noqa: F401 (re-exported)
 
 EVENT_TIME = "event_time"
+TIMESTAMP_COLUMNS = ("event_time", "label_time", "ingested_at")
 _RANK = "_dedupe_rank"
 
 Row = dict[str, Any]
@@ -119,6 +126,86 @@ def read_training_window(
     out = arrow.to_pylist()
     out.reverse()  # the query returns newest first (for the LIMIT)
     return out
+
+
+def select_window(
+    rows: Iterable[Mapping[str, Any]],
+    config: DatasetConfig,
+    rows_limit: int | None = None,
+    start: Any = None,
+    end: Any = None,
+) -> list[Row]:
+    """``window_query``'s rules in Python: one row per example (the latest
+    ingestion wins), ``start <= event_time < end``, the newest ``rows_limit``
+    (default ``training_window_rows`` when there is no time range), oldest first.
+    """
+    if rows_limit is None and start is None and end is None:
+        rows_limit = config.retraining.training_window_rows
+    if rows_limit is not None and rows_limit <= 0:
+        raise ValueError(f"rows must be positive, got {rows_limit}")
+    lo = None if start is None else to_datetime(start)
+    hi = None if end is None else to_datetime(end)
+    if lo is not None and hi is not None and lo >= hi:
+        raise ValueError(f"empty time range: start {lo} is not before end {hi}")
+    latest: dict[str, Row] = {}
+    for row in rows:
+        typed = {
+            k: to_datetime(v) if k in TIMESTAMP_COLUMNS and v is not None else v
+            for k, v in row.items()
+        }
+        t = typed[EVENT_TIME]
+        if (lo is not None and t < lo) or (hi is not None and t >= hi):
+            continue
+        key = str(typed["example_id"])
+        old = latest.get(key)
+        if old is None or (typed["ingested_at"], str(typed.get("ingestion_id"))) > (
+            old["ingested_at"],
+            str(old.get("ingestion_id")),
+        ):
+            latest[key] = typed
+    newest = sorted(latest.values(), key=lambda r: (r[EVENT_TIME], str(r["example_id"])))
+    if rows_limit is not None:
+        newest = newest[-rows_limit:]
+    return newest
+
+
+def read_training_file(
+    path: str,
+    config: DatasetConfig,
+    rows: int | None = None,
+    start: Any = None,
+    end: Any = None,
+) -> list[Row]:
+    """``read_training_window`` from a JSON Lines file of training-table rows.
+
+    Raises:
+        ValueError: a missing file, a line that is not a JSON object, or bad bounds.
+    """
+    if not os.path.exists(path):
+        raise ValueError(f"training file {path!r} does not exist")
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{n}: not JSON: {e}") from None
+            if not isinstance(record, dict) or EVENT_TIME not in record:
+                raise ValueError(f"{path}:{n}: not a training row (a JSON object with event_time)")
+            records.append(record)
+    return select_window(records, config, rows, start, end)
+
+
+def write_training_file(path: str, rows: Iterable[Mapping[str, Any]]) -> int:
+    """Writes training-table rows as JSON Lines (times as RFC 3339); returns the count."""
+    n = 0
+    with open(path, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(dict(row), default=rfc3339) + "\n")
+            n += 1
+    return n
 
 
 def split_by_time(
