@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import Any
 
 from dataset.config import DatasetConfig
 from dataset.times import format_event_time
@@ -15,9 +16,8 @@ from simulator.traffic import TrafficSimulator
 logger = logging.getLogger(__name__)
 
 
-def export_history(
+def simulated_history(
     config: DatasetConfig,
-    out: str,
     n_events: int,
     end_time: float,
     *,
@@ -27,16 +27,20 @@ def export_history(
     day_seconds: float = 600.0,
     day_origin: float = 0.0,
     drift_after: float | None = None,
-) -> int:
-    """Writes ``n_events`` simulated past readings ending before ``end_time``.
+) -> list[tuple[float, dict]]:
+    """``n_events`` simulated past readings ending before ``end_time``, oldest first.
 
-    ``drift_after`` counts from the first exported event. Returns the count.
+    Returns ``(event_time, record)`` pairs; each record's event-time field is in
+    the config's format. ``drift_after`` counts from the first event (0: all of
+    the history is post-drift).
+
+    Raises:
+        ValueError: bad arguments, or a config that does not describe the readings.
     """
     if n_events <= 0:
         raise ValueError(f"--events must be positive, got {n_events}")
     if rate <= 0:
         raise ValueError(f"--rate must be positive, got {rate}")
-    file_kind(out)
     first = math.ceil(end_time * rate) - n_events
     sim = TrafficSimulator(
         n_sensors=n_sensors,
@@ -48,9 +52,20 @@ def export_history(
     )
     events = sim.history_events(n_events, end_time, rate)
     check_config_matches(config, events[0][1], "the traffic simulator's readings")
-    records = [with_event_time(r, config, t) for t, r in events]
+    return [(t, with_event_time(r, config, t)) for t, r in events]
+
+
+def export_history(
+    config: DatasetConfig, out: str, n_events: int, end_time: float, **sim: Any
+) -> int:
+    """Writes ``simulated_history(config, n_events, end_time, **sim)`` to ``out``.
+
+    Returns the number of readings written.
+    """
+    file_kind(out)
+    events = simulated_history(config, n_events, end_time, **sim)
     columns = [config.key_field, config.event_time_field, *config.feature_names, config.label.field]
-    n = write_records(out, records, columns)
+    n = write_records(out, [r for _, r in events], columns)
     logger.info(
         "wrote %d readings (%s .. %s) to %s",
         n,

@@ -62,8 +62,8 @@ from typing import Any
 from dataset.config import DatasetConfig, load_config
 from dataset.times import parse_time_arg, rfc3339
 from model.registry import ModelRegistry
-from simulator.messages import check_config_matches, event_time_of
-from simulator.traffic import TrafficSimulator
+from simulator.exports import simulated_history
+from simulator.messages import check_config_matches
 from trainer import data as data_lib
 
 MIN_EVENTS = 100
@@ -103,7 +103,7 @@ def generate_history(
         n_sensors: number of simulated sensors.
         day_seconds: real seconds per simulated day (match the live publisher's).
         day_origin: epoch seconds a simulated day starts at (match the publisher's).
-        drift: generate post-drift data (the drift is scheduled at epoch 0).
+        drift: generate post-drift data only.
 
     Returns:
         ``(readings, event_times)``, oldest first.
@@ -114,20 +114,21 @@ def generate_history(
     if n_events < MIN_EVENTS:
         raise BootstrapError(f"--events must be at least {MIN_EVENTS}, got {n_events}")
     try:
-        sim = TrafficSimulator(
+        events = simulated_history(
+            config,
+            n_events,
+            end_time,
+            rate=rate,
             n_sensors=n_sensors,
             seed=seed,
             day_seconds=day_seconds,
-            drift_after_seconds=0.0 if drift else None,
-            start_time=0.0,
             day_origin=day_origin,
+            drift_after=0.0 if drift else None,
         )
-        rows = sim.history(n_events, end_time, rate)
-        check_supported(config, rows[0])
-        times = [event_time_of(row, config) for row in rows]
+        check_supported(config, events[0][1])
     except ValueError as e:
         raise BootstrapError(str(e)) from e
-    return rows, times
+    return [r for _, r in events], [t for t, _ in events]
 
 
 def check_supported(config: DatasetConfig, sample: Mapping[str, Any]) -> None:

@@ -72,6 +72,23 @@ def window_query(table: str, has_start: bool, has_end: bool, has_limit: bool) ->
     )
 
 
+def window_bounds(config: DatasetConfig, rows: int | None, start: Any, end: Any):
+    """``(rows, start, end)`` of a window: the default size, UTC datetimes, checked.
+
+    Raises:
+        ValueError: for a non-positive ``rows`` or ``start >= end``.
+    """
+    if rows is None and start is None and end is None:
+        rows = config.retraining.training_window_rows
+    if rows is not None and rows <= 0:
+        raise ValueError(f"rows must be positive, got {rows}")
+    start_dt = None if start is None else to_datetime(start)
+    end_dt = None if end is None else to_datetime(end)
+    if start_dt is not None and end_dt is not None and start_dt >= end_dt:
+        raise ValueError(f"empty time range: start {start_dt} is not before end {end_dt}")
+    return rows, start_dt, end_dt
+
+
 def read_training_window(
     client,
     project: str,
@@ -103,14 +120,7 @@ def read_training_window(
     """
     from google.cloud import bigquery
 
-    if rows is None and start is None and end is None:
-        rows = config.retraining.training_window_rows
-    if rows is not None and rows <= 0:
-        raise ValueError(f"rows must be positive, got {rows}")
-    start_dt = None if start is None else to_datetime(start)
-    end_dt = None if end is None else to_datetime(end)
-    if start_dt is not None and end_dt is not None and start_dt >= end_dt:
-        raise ValueError(f"empty time range: start {start_dt} is not before end {end_dt}")
+    rows, start_dt, end_dt = window_bounds(config, rows, start, end)
 
     table = f"{project}.{dataset}.{config.tables.training_examples}"
     params = []
@@ -139,14 +149,7 @@ def select_window(
     ingestion wins), ``start <= event_time < end``, the newest ``rows_limit``
     (default ``training_window_rows`` when there is no time range), oldest first.
     """
-    if rows_limit is None and start is None and end is None:
-        rows_limit = config.retraining.training_window_rows
-    if rows_limit is not None and rows_limit <= 0:
-        raise ValueError(f"rows must be positive, got {rows_limit}")
-    lo = None if start is None else to_datetime(start)
-    hi = None if end is None else to_datetime(end)
-    if lo is not None and hi is not None and lo >= hi:
-        raise ValueError(f"empty time range: start {lo} is not before end {hi}")
+    rows_limit, lo, hi = window_bounds(config, rows_limit, start, end)
     latest: dict[str, Row] = {}
     for row in rows:
         typed = {
