@@ -39,6 +39,7 @@ VALIDATION_CHECKS = (
     "value_count",
     "out_of_domain",
     "label",
+    "single_class",
     "degenerate_feature",
     "constant_feature",
     "drift",

@@ -24,7 +24,11 @@ check                     default  finds
 ``value_count``           block    a list where exactly one scalar is expected.
 ``out_of_domain``         block    a number outside the config's min/max (or NaN/inf),
                                    a string outside its allowed values.
-``label``                 block    missing, mistyped or invalid labels, or one class.
+``label``                 block    missing, mistyped or invalid labels.
+``single_class``          block    every label of a classification window is one class
+                                   (e.g. a window of night-time traffic): a classifier
+                                   cannot learn from it, and a model trained on it could
+                                   win the quality gate on its own one-class held-out rows.
 ``degenerate_feature``    block    a feature that VARIED in the reference is constant
                                    now: a stuck sensor or a defaulted value.
 ``constant_feature``      warn     a feature constant now and in the reference too (or
@@ -460,7 +464,7 @@ def validate(
         if len(classes) == 1:
             anomalies.append(
                 _anomaly(
-                    "label",
+                    "single_class",
                     config.label.field,
                     f"every label is {classes.pop()}: a classifier cannot learn from one class",
                 )
