@@ -2,7 +2,9 @@
 
 Every message's data is compact JSON and its attributes are
 ``{config.event_time_attribute: RFC 3339 UTC event time (milliseconds),
-config.id_attribute: unique id}``. Event times are read with the pipeline's
+config.id_attribute: unique id}``. Malformed messages (``malform``) carry valid
+attributes too; a duplicate reuses the id attribute of the message it repeats.
+Event times are read with the pipeline's
 own parser (``dataset.times.parse_event_time``: an ISO-8601 time must carry a
 zone) and written with ``dataset.times.format_event_time``. Pure functions.
 """
