@@ -236,6 +236,7 @@ DAY_ORIGIN="${DAY_ORIGIN:-$(( $(date +%s) - 125 ))}"
 if [ "$CFG_NAME" = "traffic" ]; then
   say "bootstrapping the first model from simulated history (registry: $MODEL_REGISTRY)"
   timeout 600 "$PY" -m trainer.bootstrap --config "$CONFIG" --registry "$MODEL_REGISTRY" \
+    --project "$PROJECT" --bq_dataset "$BQ_DATASET" \
     --day-origin "$DAY_ORIGIN" \
     --events "${BOOTSTRAP_EVENTS:-20000}" --if-empty >"$STATE_DIR/bootstrap.log" 2>&1 ||
     { show_log_tail "$STATE_DIR/bootstrap.log" 30; FAILURE="bootstrap failed"; exit 1; }

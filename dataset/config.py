@@ -28,6 +28,24 @@ LABEL_SOURCES = ("inline", "separate")
 TASKS = ("binary_classification", "regression")
 WINDOW_KINDS = ("fixed", "sliding")
 TIME_FORMATS = ("iso8601", "epoch_seconds", "epoch_millis")
+# The trainer's data-validation checks (trainer/validation.py documents each)
+# and the severities a config may give them under ``validation.severity``.
+VALIDATION_CHECKS = (
+    "too_few_rows",
+    "missing_feature",
+    "unexpected_feature",
+    "type_mismatch",
+    "low_presence",
+    "value_count",
+    "out_of_domain",
+    "label",
+    "single_class",
+    "degenerate_feature",
+    "constant_feature",
+    "drift",
+    "severe_drift",
+)
+SEVERITIES = ("block", "warn")
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 # Reading a gs:// config: fail within this time rather than retry for minutes.
 GCS_TIMEOUT_SECONDS = 60.0
@@ -38,9 +56,10 @@ class FeatureSpec:
     """One input feature: a scalar with a type and an allowed domain.
 
     ``drift_check: false`` leaves the feature out of the trainer's drift
-    comparison with the previous run (its domain and presence are still checked,
-    and a feature that stops varying still blocks): for features that shift
-    between training windows by design, such as the hour of day.
+    comparison (its domain and presence are still checked, and a feature that
+    stops varying still blocks). Kept for compatibility: drift is now judged
+    against the model lineage's merged reference, which covers a clock
+    feature's whole cycle, so features such as the hour of day need no opt-out.
     """
 
     name: str
@@ -107,6 +126,22 @@ class RetrainingPolicy:
 
 
 @dataclasses.dataclass(frozen=True)
+class ValidationPolicy:
+    """Overrides of the trainer's data-validation severities.
+
+    ``severity`` holds ``(check, "block"|"warn")`` pairs from the config's
+    ``validation: {severity: {check: block|warn}}``; checks not named keep the
+    defaults documented in ``trainer.validation``.
+    """
+
+    severity: tuple[tuple[str, str], ...] = ()
+
+    def severity_of(self, check: str, default: str) -> str:
+        """The configured severity of ``check``, else ``default``."""
+        return dict(self.severity).get(check, default)
+
+
+@dataclasses.dataclass(frozen=True)
 class TableNames:
     """BigQuery table names (inside the dataset given on the command line)."""
 
@@ -139,6 +174,7 @@ class DatasetConfig:
     evaluation_window_seconds: int = 60
     description: str = ""
     source_path: str = ""
+    validation: ValidationPolicy = ValidationPolicy()
 
     @property
     def feature_names(self) -> tuple[str, ...]:
@@ -385,6 +421,21 @@ def _parse_retraining(r: _Reader, raw: Any) -> RetrainingPolicy:
     return policy
 
 
+def _parse_validation(r: _Reader, raw: Any) -> ValidationPolicy:
+    m = r.mapping(raw or {}, "validation")
+    r.unknown_keys(m, {"severity"}, "validation")
+    severity = r.mapping(m.get("severity") or {}, "validation.severity")
+    pairs = []
+    for check, value in severity.items():
+        path = f"validation.severity.{check}"
+        if check not in VALIDATION_CHECKS:
+            raise r.fail(path, f"unknown check (known: {', '.join(VALIDATION_CHECKS)})")
+        if value not in SEVERITIES:
+            raise r.fail(path, f"must be one of {', '.join(SEVERITIES)}; got {value!r}")
+        pairs.append((str(check), value))
+    return ValidationPolicy(severity=tuple(sorted(pairs)))
+
+
 def _parse_tables(r: _Reader, raw: Any) -> TableNames:
     m = r.mapping(raw or {}, "tables")
     fields = {f.name for f in dataclasses.fields(TableNames)}
@@ -414,6 +465,7 @@ def config_from_dict(raw: Any, source: str = "<config>") -> DatasetConfig:
             "tables",
             "extra_fields",
             "evaluation_window_seconds",
+            "validation",
         },
         "",
     )
@@ -440,6 +492,7 @@ def config_from_dict(raw: Any, source: str = "<config>") -> DatasetConfig:
         extra_fields=tuple(str(x) for x in extra),
         evaluation_window_seconds=r.get(m, "evaluation_window_seconds", "", int, 60),
         source_path=source,
+        validation=_parse_validation(r, m.get("validation")),
     )
     if cfg.evaluation_window_seconds <= 0:
         raise r.fail("evaluation_window_seconds", "must be positive")

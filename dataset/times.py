@@ -75,3 +75,64 @@ def rfc3339(value: Any) -> str:
 def event_seconds(row: Mapping[str, Any], field: str = "event_time") -> float:
     """A row's event time (any accepted time value) as epoch seconds."""
     return to_datetime(row[field]).timestamp()
+
+
+def format_event_time(seconds: float, fmt: str) -> str | int | float:
+    """Epoch seconds as an event-time value in a config's format (``parse_event_time``'s inverse).
+
+    ISO-8601 values are RFC 3339 UTC with milliseconds and ``Z`` (the precision
+    event feeds carry; ``parse_event_time`` reads any precision).
+    """
+    if fmt == "iso8601":
+        millis = int(round(seconds * 1000.0))
+        stamp = dt.datetime.fromtimestamp(millis // 1000, tz=dt.UTC)
+        return stamp.strftime("%Y-%m-%dT%H:%M:%S") + f".{millis % 1000:03d}Z"
+    if fmt == "epoch_millis":
+        return int(round(seconds * 1000.0))
+    if fmt == "epoch_seconds":
+        return round(seconds, 3)
+    raise EventTimeError(f"unknown time format {fmt!r}; expected one of {TIME_FORMATS}")
+
+
+def parse_utc_assumed(value: Any, fmt: str) -> float:
+    """``parse_event_time``, but an ISO-8601 time without a zone is taken as UTC.
+
+    Only for tools that were told so explicitly (the publisher's
+    ``--assume-utc``); the pipeline never assumes a zone.
+    """
+    try:
+        return parse_event_time(value, fmt)
+    except EventTimeError:
+        if fmt != "iso8601" or not isinstance(value, str) or has_zone(value) is not False:
+            raise
+    return dt.datetime.fromisoformat(value.strip()).replace(tzinfo=dt.UTC).timestamp()
+
+
+def has_zone(value: str) -> bool | None:
+    """Whether an ISO-8601 string carries a zone; None if it is not ISO-8601 at all."""
+    try:
+        stamp = dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return stamp.tzinfo is not None
+
+
+def parse_time_arg(value: str) -> float:
+    """A time given on a command line: epoch seconds, or ISO-8601 with a zone.
+
+    Raises:
+        EventTimeError: saying which forms are accepted.
+    """
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            return parse_event_time(value, "iso8601")
+        except EventTimeError as e:
+            raise EventTimeError(
+                f"cannot parse time {value!r} ({e}): use ISO-8601 with a zone "
+                "(2024-01-01T00:00:00Z) or epoch seconds"
+            ) from None
+    if not math.isfinite(seconds):
+        raise EventTimeError(f"time {value!r} is not finite")
+    return seconds

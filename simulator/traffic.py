@@ -33,12 +33,13 @@ until it is refit on post-drift data.
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import math
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
+
+from dataset.times import format_event_time
 
 logger = logging.getLogger(__name__)
 
@@ -75,9 +76,7 @@ def _hash_uniform(*parts: int) -> float:
 
 def format_iso_millis(t: float) -> str:
     """Formats epoch seconds as ISO-8601 UTC with milliseconds and 'Z'."""
-    millis = int(round(t * 1000.0))
-    d = dt.datetime.fromtimestamp(millis // 1000, tz=dt.UTC)
-    return d.strftime("%Y-%m-%dT%H:%M:%S") + f".{millis % 1000:03d}Z"
+    return format_event_time(t, "iso8601")
 
 
 def daily_demand(hour: float) -> float:

@@ -1,55 +1,75 @@
-"""Trains the first model from simulated history, so the loop can predict at once.
+"""The first model: simulated history, then ONE run of the trainer, like every later model.
 
 Usage::
 
     python -m trainer.bootstrap --config configs/traffic.yaml --registry .local/registry \\
-        --events 20000 [--seed 7] [--end-time EPOCH|ISO (default now)] [--drift] \\
-        [--promote/--no-promote] [--if-empty] [--rate 10] [--sensors 300] \\
-        [--day-seconds 600] [--epochs 8]
+        [--project P --bq_dataset D] --events 20000 [--seed 7] \\
+        [--end-time EPOCH|ISO (default now)] [--drift] [--if-empty] [--rate 10] \\
+        [--sensors 300] [--day-seconds 600] [--day-origin EPOCH] [--epochs 8] \\
+        [--history-file PATH]
 
-Steps: generate ``--events`` past readings ending at ``--end-time`` with
-``TrafficSimulator(seed=...).history(...)``; split by event time (the last 20%
-is validation, so nothing from the future leaks into training); encode with
-``model.features``; build and fit ``model.keras_model`` (early stopping on the
-last 10% of the *training* period, not on the validation set); evaluate on the
-validation period with ``trainer.metrics.evaluate``; publish to the registry
-(``source: simulated-history``) and promote unless ``--no-promote``.
+Steps:
 
-``--drift`` generates post-drift ("road works") history: the simulator's drift
-is scheduled at epoch 0, so every reading is drifted. ``--if-empty`` does
-nothing (exit 0) when the registry already has a current version.
+1. generate ``--events`` past readings ending at ``--end-time`` with
+   ``TrafficSimulator(seed=...)`` (``--drift``: post-drift "road works" history);
+2. turn each into the training-table row the streaming pipeline would write,
+   with the pipeline's own functions (``transforms.validation.validate_payload``,
+   ``transforms.labeling.training_row``), into a JSON Lines file
+   (``--history-file``, default a temporary file);
+3. run the trainer on it: ``trainer.task.main`` with ``--training-file``,
+   ``--rows <events>`` (the whole history is the window), run id
+   ``bootstrap-<hex>`` and trigger id ``bootstrap``. So the first model goes
+   through the same data validation, training, evaluation, infra and quality
+   gates as every later one; with no current model, the quality gate checks
+   the absolute floor (``min_accuracy``, or beating the constant predictor)
+   and skips the comparison. It is promoted only if it passes.
 
-Progress lines go to stdout; the last line is one JSON object
-``{"version", "metrics", "promoted", ...}``. Errors print ``error: ...`` to
-stderr and exit with status 2. Only the traffic dataset has a simulator.
+The run's status rows go to ``training_runs`` in ``--project``/``--bq_dataset``
+when given (``run_local.sh`` does); without them, to an in-memory log printed
+with the summary (no BigQuery needed: tests, benchmarks).
 
-A second version by hand during a run::
+``--if-empty`` does nothing (exit 0) when the registry already has a current
+version. The config must describe the traffic simulator's readings (its key,
+time, features and an inline label); other streams bring their own history.
+
+Progress lines go to stdout (``[bootstrap]``, then the trainer's ``[trainer]``);
+the last line is one JSON object ``{"version", "status", "promoted", "metrics",
+"run_id", "reason", "registry"}``. Exit status: 0 promoted (or skipped), 1 the
+trainer rejected the candidate or failed, 2 a user error (``error: ...`` on
+stderr).
+
+A second version by hand during a run goes through the gates against the
+current one::
 
     python -m trainer.bootstrap --config configs/traffic.yaml --registry .local/registry \\
-        --events 20000 --seed 8 --drift --no-promote
-    python -m model.registry --registry .local/registry promote <version>
+        --events 20000 --seed 8 --drift
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
-import math
 import os
 import sys
+import tempfile
 import time
-from collections.abc import Sequence
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from dataset.config import DatasetConfig, load_config
+from dataset.times import parse_time_arg, rfc3339
 from model.registry import ModelRegistry
-from simulator.publish import check_config_matches, event_time_of, parse_time_arg, rfc3339
-from simulator.traffic import TrafficSimulator
+from simulator.exports import simulated_history
+from simulator.messages import check_config_matches
+from trainer import data as data_lib
 
-VALIDATION_FRACTION = 0.2
-EARLY_STOPPING_FRACTION = 0.1
 MIN_EVENTS = 100
-SUPPORTED_DATASETS = ("traffic",)
+TRIGGER_ID = "bootstrap"
+NO_PROJECT = "no-project"
+NO_DATASET = "no_dataset"
 
 
 class BootstrapError(ValueError):
@@ -75,7 +95,7 @@ def generate_history(
     """Simulated past readings ending before ``end_time`` and their event times.
 
     Args:
-        config: the dataset config (must be the traffic dataset).
+        config: a dataset config describing the traffic simulator's readings.
         n_events: number of readings.
         end_time: epoch seconds; all readings are strictly earlier.
         seed: the simulator seed.
@@ -83,145 +103,143 @@ def generate_history(
         n_sensors: number of simulated sensors.
         day_seconds: real seconds per simulated day (match the live publisher's).
         day_origin: epoch seconds a simulated day starts at (match the publisher's).
-        drift: generate post-drift data (the drift is scheduled at epoch 0).
+        drift: generate post-drift data only.
 
     Returns:
-        ``(rows, event_times)``, oldest first.
+        ``(readings, event_times)``, oldest first.
 
     Raises:
-        BootstrapError: for a non-traffic config or bad arguments.
+        BootstrapError: for a config the simulator cannot produce, or bad arguments.
     """
-    if config.name not in SUPPORTED_DATASETS:
-        raise BootstrapError(
-            f"dataset {config.name!r} ({config.source_path}) has no simulator; "
-            f"trainer.bootstrap supports only: {', '.join(SUPPORTED_DATASETS)}"
-        )
     if n_events < MIN_EVENTS:
         raise BootstrapError(f"--events must be at least {MIN_EVENTS}, got {n_events}")
     try:
-        sim = TrafficSimulator(
+        events = simulated_history(
+            config,
+            n_events,
+            end_time,
+            rate=rate,
             n_sensors=n_sensors,
             seed=seed,
             day_seconds=day_seconds,
-            drift_after_seconds=0.0 if drift else None,
-            start_time=0.0,
             day_origin=day_origin,
+            drift_after=0.0 if drift else None,
         )
-        rows = sim.history(n_events, end_time, rate)
+        check_supported(config, events[0][1])
     except ValueError as e:
         raise BootstrapError(str(e)) from e
-    try:
-        check_config_matches(config, rows[0], "the traffic simulator's readings")
-        times = [event_time_of(row, config) for row in rows]
-    except ValueError as e:
-        raise BootstrapError(str(e)) from e
-    return rows, times
+    return [r for _, r in events], [t for t, _ in events]
 
 
-def split_by_time(
-    rows: Sequence[dict[str, Any]], times: Sequence[float], holdout_fraction: float
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]], float]:
-    """Splits rows at an event-time cutoff: the latest ``holdout_fraction`` is held out.
+def check_supported(config: DatasetConfig, sample: Mapping[str, Any]) -> None:
+    """Raises ``BootstrapError`` unless ``config`` describes the simulator's readings."""
+    check_config_matches(config, dict(sample), "the traffic simulator's readings")
+    if config.label.source != "inline":
+        raise BootstrapError(
+            f"config {config.source_path or config.name!r} has separate label messages; "
+            "the traffic simulator's readings carry their label inline"
+        )
 
-    Every held-out row is at or after the cutoff and every kept row strictly
-    before it, whatever the input order.
 
-    Returns:
-        ``(earlier, later, cutoff_time)``.
+def training_rows(
+    config: DatasetConfig, readings: Sequence[Mapping[str, Any]], ingested_at: float, prefix: str
+) -> Iterator[dict[str, Any]]:
+    """The training-table rows the streaming pipeline would write for ``readings``.
+
+    Uses the pipeline's own validation and row building, so a reading the
+    pipeline would dead-letter raises here instead of being trained on.
 
     Raises:
-        ValueError: if either side would be empty.
+        BootstrapError: naming the first reading the pipeline would reject.
     """
-    if len(rows) != len(times):
-        raise ValueError(f"{len(rows)} rows but {len(times)} times")
-    order = sorted(range(len(rows)), key=lambda i: times[i])
-    cut_index = int(math.floor(len(order) * (1.0 - holdout_fraction)))
-    if cut_index <= 0 or cut_index >= len(order):
-        raise ValueError(f"cannot hold out {holdout_fraction:.0%} of {len(rows)} rows")
-    cutoff = times[order[cut_index]]
-    earlier = [rows[i] for i in order if times[i] < cutoff]
-    later = [rows[i] for i in order if times[i] >= cutoff]
-    if not earlier or not later:
-        raise ValueError(f"all {len(rows)} rows share one event time; cannot split by time")
-    return earlier, later, cutoff
+    from transforms.labeling import training_row
+    from transforms.validation import RecordError, validate_payload
 
-
-def _time_range(rows: Sequence[dict[str, Any]], config: DatasetConfig) -> dict[str, Any]:
-    times = [event_time_of(r, config) for r in rows]
-    return {"start": rfc3339(min(times)), "end": rfc3339(max(times)), "rows": len(rows)}
-
-
-def train_and_evaluate(
-    config: DatasetConfig,
-    train_rows: Sequence[dict[str, Any]],
-    validation_rows: Sequence[dict[str, Any]],
-    *,
-    seed: int = 7,
-    epochs: int = 8,
-):
-    """Fits the model on ``train_rows`` and evaluates it on ``validation_rows``.
-
-    Early stopping watches the last ``EARLY_STOPPING_FRACTION`` of the training
-    period, so the validation metrics stay an honest out-of-time estimate.
-
-    Returns:
-        ``(model, validation_metrics, train_metrics)``.
-    """
-    from model.features import encode_batch, label_array
-    from model.keras_model import build_model, fit
-    from trainer.metrics import evaluate
-
-    times = [event_time_of(r, config) for r in train_rows]
-    fit_rows, stop_rows, _ = split_by_time(train_rows, times, EARLY_STOPPING_FRACTION)
-    x_fit, y_fit = encode_batch(fit_rows, config), label_array(fit_rows, config)
-    x_stop, y_stop = encode_batch(stop_rows, config), label_array(stop_rows, config)
-    x_val, y_val = encode_batch(validation_rows, config), label_array(validation_rows, config)
-    model = build_model(config, seed=seed)
-    fit(model, x_fit, y_fit, epochs=epochs, validation=(x_stop, y_stop))
-    task = config.label.task
-    x_train = encode_batch(train_rows, config)
-    train_metrics = evaluate(model, x_train, label_array(train_rows, config), task)
-    return model, evaluate(model, x_val, y_val, task), train_metrics
-
-
-def beats_baseline(metrics: dict[str, Any], task: str) -> bool:
-    """Whether validation metrics beat the constant-prediction baseline."""
-    if task == "binary_classification":
-        return metrics["accuracy"] > metrics["baseline_accuracy"] or (
-            metrics["log_loss"] < metrics["baseline_log_loss"]
+    for i, reading in enumerate(readings):
+        try:
+            record = validate_payload(dict(reading), config, f"{prefix}-{i}")
+        except RecordError as e:
+            raise BootstrapError(f"simulated reading {i} is invalid for the config: {e}") from e
+        yield training_row(
+            config, record, record["label"], record["event_time"], "inline", now=ingested_at
         )
-    return metrics["rmse"] < metrics["baseline_rmse"]
+
+
+class RunLog:
+    """Stands in for the BigQuery client when no project is given: keeps the status rows."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict[str, Any]] = []
+
+    def insert_rows_json(self, table: str, rows: Sequence[Mapping[str, Any]], **_: Any) -> list:
+        self.rows.extend({"table": table, **row} for row in rows)
+        return []
+
+    def close(self) -> None:
+        pass
+
+
+class _Tee(io.TextIOBase):
+    """Writes through to ``stream`` and keeps the last complete line."""
+
+    def __init__(self, stream) -> None:
+        self.stream = stream
+        self.last_line = ""
+        self._partial = ""
+
+    def write(self, text: str) -> int:
+        self.stream.write(text)
+        lines = (self._partial + text).split("\n")
+        self._partial = lines.pop()
+        for line in lines:
+            if line.strip():
+                self.last_line = line
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
 
 
 def bootstrap(
-    config: DatasetConfig,
-    registry: ModelRegistry,
+    config_path: str,
+    registry_root: str,
     *,
     n_events: int,
     end_time: float,
+    project: str | None = None,
+    bq_dataset: str | None = None,
     seed: int = 7,
     drift: bool = False,
-    promote: bool = True,
     rate: float = 10.0,
     n_sensors: int = 300,
     day_seconds: float = 600.0,
     day_origin: float = 0.0,
     epochs: int = 8,
+    history_file: str | None = None,
+    client=None,
 ) -> dict[str, Any]:
-    """Generates history, trains, evaluates, publishes (and promotes) one version.
+    """Generates the history and runs the trainer on it once.
+
+    Args:
+        client: the BigQuery client for the run's status rows (default: one for
+            ``project`` when given, else a ``RunLog``).
 
     Returns:
-        ``{"version", "metrics", "promoted", "registry", "beats_baseline"}``.
+        ``{"version", "status", "promoted", "metrics", "run_id", "reason",
+        "registry"}`` (plus ``"run_log"`` without a project).
 
     Raises:
-        BootstrapError: for a non-traffic config or bad arguments.
+        BootstrapError: for a config the simulator cannot produce, or bad arguments.
     """
+    if (project is None) != (bq_dataset is None):
+        raise BootstrapError("give both --project and --bq_dataset, or neither")
+    config = load_config(config_path)
     started = time.monotonic()
     _say(
         f"generating {n_events} {'post-drift ' if drift else ''}readings "
         f"(seed {seed}, {rate:g}/s, {n_sensors} sensors) ending {rfc3339(end_time)}"
     )
-    rows, times = generate_history(
+    readings, _ = generate_history(
         config,
         n_events,
         end_time,
@@ -232,35 +250,18 @@ def bootstrap(
         day_origin=day_origin,
         drift=drift,
     )
-    train_rows, val_rows, cutoff = split_by_time(rows, times, VALIDATION_FRACTION)
-    _say(
-        f"split at {rfc3339(cutoff)}: {len(train_rows)} training rows, "
-        f"{len(val_rows)} validation rows (latest {VALIDATION_FRACTION:.0%})"
-    )
-    _say(f"training ({epochs} epochs max) ...")
-    t0 = time.monotonic()
-    model, metrics, train_metrics = train_and_evaluate(
-        config, train_rows, val_rows, seed=seed, epochs=epochs
-    )
-    task = config.label.task
-    good = beats_baseline(metrics, task)
-    _say(f"trained in {time.monotonic() - t0:.1f}s; validation: {_short(metrics)}")
-    if not good:
-        _say("WARNING: the model does not beat the constant baseline on validation")
-
-    from model.features import feature_columns, feature_dim
-
-    metadata = {
-        "dataset": config.name,
-        "config_path": config.source_path,
-        "source": "simulated-history",
-        "task": task,
-        "training_data": _time_range(train_rows, config),
-        "validation_data": _time_range(val_rows, config),
-        "metrics": metrics,
-        "train_metrics": train_metrics,
-        "features": {"dim": feature_dim(config), "columns": feature_columns(config)},
-        "simulator": {
+    run_id = f"bootstrap-{uuid.uuid4().hex[:12]}"
+    with contextlib.ExitStack() as stack:
+        if history_file is None:
+            tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="bootstrap-"))
+            history_file = os.path.join(tmp, "history.jsonl")
+        rows = training_rows(config, readings, end_time, f"{run_id}-{seed}")
+        count = data_lib.write_training_file(history_file, rows)
+        _say(f"wrote {count} training rows to {history_file}; running the trainer")
+        log = None
+        if client is None and project is None:
+            client = log = RunLog()
+        simulator = {
             "seed": seed,
             "events": n_events,
             "rate": rate,
@@ -269,34 +270,49 @@ def bootstrap(
             "day_origin": day_origin,
             "drift": drift,
             "end_time": rfc3339(end_time),
-        },
-        "trainer": "trainer.bootstrap",
+        }
+        metadata = {"source": "simulated-history", "simulator": simulator}
+        argv = [
+            "--config", config_path,
+            "--project", project or NO_PROJECT,
+            "--bq_dataset", bq_dataset or NO_DATASET,
+            "--registry", registry_root,
+            "--run-id", run_id,
+            "--trigger-id", TRIGGER_ID,
+            "--backend", "local",
+            "--training-file", history_file,
+            "--rows", str(count),
+            "--epochs", str(epochs),
+            "--seed", str(seed),
+            "--metadata", json.dumps(metadata),
+        ]  # fmt: skip
+        summary = _run_trainer(argv, client)
+    result = {
+        "version": summary.get("model_version"),
+        "status": summary.get("status"),
+        "promoted": bool(summary.get("promoted")),
+        "metrics": summary.get("metrics"),
+        "run_id": run_id,
+        "reason": summary.get("reason") or summary.get("error"),
+        "registry": registry_root,
     }
-    version = registry.publish(model, metadata)
-    _say(f"published {version} to {registry.root}")
-    if promote:
-        reason = f"bootstrap from simulated history (seed {seed}{', drift' if drift else ''})"
-        registry.promote(version, reason=reason)
-        _say(f"promoted {version} (current version)")
-    else:
-        _say(
-            f"not promoted; promote with: python -m model.registry --registry {registry.root} "
-            f"promote {version}"
-        )
-    _say(f"done in {time.monotonic() - started:.1f}s")
-    return {
-        "version": version,
-        "metrics": metrics,
-        "promoted": promote,
-        "beats_baseline": good,
-        "registry": registry.root,
-    }
+    if log is not None:
+        result["run_log"] = [r["status"] for r in log.rows if "status" in r]
+    _say(f"done in {time.monotonic() - started:.1f}s: {result['status']}")
+    return result
 
 
-def _short(metrics: dict[str, Any]) -> str:
-    from model.registry import format_metrics
+def _run_trainer(argv: list[str], client) -> dict[str, Any]:
+    """``trainer.task.main`` in this process; returns its JSON summary (its last line)."""
+    from trainer import task
 
-    return format_metrics(metrics, limit=6)
+    tee = _Tee(sys.stdout)
+    with contextlib.redirect_stdout(tee):
+        task.main(argv, client=client)
+    try:
+        return json.loads(tee.last_line)
+    except json.JSONDecodeError:
+        return {"status": "failed", "error": f"no summary from the trainer: {tee.last_line!r}"}
 
 
 def _positive_float(value: str) -> float:
@@ -316,14 +332,18 @@ def _time(value: str) -> float:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m trainer.bootstrap",
-        description="Train the first model from simulated history and publish it.",
+        description="Train the first model: simulated history, then one run of the trainer.",
     )
-    parser.add_argument("--config", required=True, help="dataset config (traffic only)")
+    parser.add_argument("--config", required=True, help="dataset config (the simulator's fields)")
     parser.add_argument(
         "--registry",
         default=os.environ.get("MODEL_REGISTRY", ".local/registry"),
         help="registry root, a directory or gs:// path (default: $MODEL_REGISTRY "
         "or .local/registry)",
+    )
+    parser.add_argument("--project", default=None, help="BigQuery project for training_runs")
+    parser.add_argument(
+        "--bq_dataset", "--bq-dataset", dest="bq_dataset", default=None, help="BigQuery dataset"
     )
     parser.add_argument("--events", type=int, default=20000, help="readings (default 20000)")
     parser.add_argument("--seed", type=int, default=7, help="simulator and model seed (7)")
@@ -331,15 +351,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--end-time",
         type=_time,
         default=None,
-        help="end of the history, epoch seconds or ISO-8601 (default: now)",
+        help="end of the history, epoch seconds or ISO-8601 with a zone (default: now)",
     )
     parser.add_argument("--drift", action="store_true", help="generate post-drift history")
-    parser.add_argument(
-        "--promote",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="make the new version current (default: yes)",
-    )
     parser.add_argument(
         "--if-empty",
         action="store_true",
@@ -358,6 +372,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="instant a simulated day starts at 00:00 (0; match the publisher's)",
     )
     parser.add_argument("--epochs", type=int, default=8, help="maximum epochs (8)")
+    parser.add_argument(
+        "--history-file", default=None, help="keep the training rows here (JSON Lines)"
+    )
     return parser
 
 
@@ -367,12 +384,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.epochs <= 0:
             raise BootstrapError(f"--epochs must be positive, got {args.epochs}")
-        config = load_config(args.config)
-        if config.name not in SUPPORTED_DATASETS:
-            raise BootstrapError(
-                f"dataset {config.name!r} ({args.config}) has no simulator; "
-                f"trainer.bootstrap supports only: {', '.join(SUPPORTED_DATASETS)}"
-            )
         registry = ModelRegistry(args.registry)
         if args.if_empty:
             current = registry.current_version()
@@ -387,24 +398,26 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
                 return 0
         result = bootstrap(
-            config,
-            registry,
+            args.config,
+            args.registry,
             n_events=args.events,
             end_time=time.time() if args.end_time is None else args.end_time,
+            project=args.project,
+            bq_dataset=args.bq_dataset,
             seed=args.seed,
             drift=args.drift,
-            promote=args.promote,
             rate=args.rate,
             n_sensors=args.sensors,
             day_seconds=args.day_seconds,
             day_origin=args.day_origin,
             epochs=args.epochs,
+            history_file=args.history_file,
         )
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(json.dumps(result))
-    return 0
+    print(json.dumps(result, default=str))
+    return 0 if result["promoted"] else 1
 
 
 if __name__ == "__main__":

@@ -29,6 +29,11 @@ step). Rows newer than the bound are never missed: each step reads every
 partition from its bound on, future-dated rows included. (A range with an
 end but no start, and no row limit, reads every partition before the end.)
 
+``read_training_file`` reads the same window, with the same rules, from a
+JSON Lines file of training-table rows (``write_training_file`` writes one):
+how the first model is trained from history that is not in BigQuery
+(``trainer.bootstrap``).
+
 ``split_by_time`` holds out the newest ``validation_fraction`` of the rows by
 event time; every validation row is at or after every training row (rows that
 share the cut-off time all go to validation), so nothing from the future leaks
@@ -38,15 +43,17 @@ into training.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from dataset.config import DatasetConfig
 from dataset.times import event_seconds, rfc3339, to_datetime  # noqa: F401 (re-exported)
 
 EVENT_TIME = "event_time"
+TIMESTAMP_COLUMNS = ("event_time", "label_time", "ingested_at")
 _RANK = "_dedupe_rank"
 # Lower bounds (days before end or now) tried in turn for "the newest N rows";
 # None: no bound (only when the last year holds fewer than N rows).
@@ -77,6 +84,23 @@ def window_query(table: str, has_start: bool, has_end: bool, has_limit: bool) ->
         f") WHERE {_RANK} = 1\n"
         f"ORDER BY {EVENT_TIME} DESC, example_id DESC {limit_sql}"
     )
+
+
+def window_bounds(config: DatasetConfig, rows: int | None, start: Any, end: Any):
+    """``(rows, start, end)`` of a window: the default size, UTC datetimes, checked.
+
+    Raises:
+        ValueError: for a non-positive ``rows`` or ``start >= end``.
+    """
+    if rows is None and start is None and end is None:
+        rows = config.retraining.training_window_rows
+    if rows is not None and rows <= 0:
+        raise ValueError(f"rows must be positive, got {rows}")
+    start_dt = None if start is None else to_datetime(start)
+    end_dt = None if end is None else to_datetime(end)
+    if start_dt is not None and end_dt is not None and start_dt >= end_dt:
+        raise ValueError(f"empty time range: start {start_dt} is not before end {end_dt}")
+    return rows, start_dt, end_dt
 
 
 def read_training_window(
@@ -110,14 +134,7 @@ def read_training_window(
     Raises:
         ValueError: for a non-positive ``rows`` or ``start >= end``.
     """
-    if rows is None and start is None and end is None:
-        rows = config.retraining.training_window_rows
-    if rows is not None and rows <= 0:
-        raise ValueError(f"rows must be positive, got {rows}")
-    start_dt = None if start is None else to_datetime(start)
-    end_dt = None if end is None else to_datetime(end)
-    if start_dt is not None and end_dt is not None and start_dt >= end_dt:
-        raise ValueError(f"empty time range: start {start_dt} is not before end {end_dt}")
+    rows, start_dt, end_dt = window_bounds(config, rows, start, end)
 
     table = f"{project}.{dataset}.{config.tables.training_examples}"
     if start_dt is not None or rows is None:
@@ -147,6 +164,79 @@ def _query_window(client, table: str, start_dt, end_dt, rows: int | None) -> lis
     out = arrow.to_pylist()
     out.reverse()  # the query returns newest first (for the LIMIT)
     return out
+
+
+def select_window(
+    rows: Iterable[Mapping[str, Any]],
+    config: DatasetConfig,
+    rows_limit: int | None = None,
+    start: Any = None,
+    end: Any = None,
+) -> list[Row]:
+    """``window_query``'s rules in Python: one row per example (the latest
+    ingestion wins), ``start <= event_time < end``, the newest ``rows_limit``
+    (default ``training_window_rows`` when there is no time range), oldest first.
+    """
+    rows_limit, lo, hi = window_bounds(config, rows_limit, start, end)
+    latest: dict[str, Row] = {}
+    for row in rows:
+        typed = {
+            k: to_datetime(v) if k in TIMESTAMP_COLUMNS and v is not None else v
+            for k, v in row.items()
+        }
+        t = typed[EVENT_TIME]
+        if (lo is not None and t < lo) or (hi is not None and t >= hi):
+            continue
+        key = str(typed["example_id"])
+        old = latest.get(key)
+        if old is None or (typed["ingested_at"], str(typed.get("ingestion_id"))) > (
+            old["ingested_at"],
+            str(old.get("ingestion_id")),
+        ):
+            latest[key] = typed
+    newest = sorted(latest.values(), key=lambda r: (r[EVENT_TIME], str(r["example_id"])))
+    if rows_limit is not None:
+        newest = newest[-rows_limit:]
+    return newest
+
+
+def read_training_file(
+    path: str,
+    config: DatasetConfig,
+    rows: int | None = None,
+    start: Any = None,
+    end: Any = None,
+) -> list[Row]:
+    """``read_training_window`` from a JSON Lines file of training-table rows.
+
+    Raises:
+        ValueError: a missing file, a line that is not a JSON object, or bad bounds.
+    """
+    if not os.path.exists(path):
+        raise ValueError(f"training file {path!r} does not exist")
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{n}: not JSON: {e}") from None
+            if not isinstance(record, dict) or EVENT_TIME not in record:
+                raise ValueError(f"{path}:{n}: not a training row (a JSON object with event_time)")
+            records.append(record)
+    return select_window(records, config, rows, start, end)
+
+
+def write_training_file(path: str, rows: Iterable[Mapping[str, Any]]) -> int:
+    """Writes training-table rows as JSON Lines (times as RFC 3339); returns the count."""
+    n = 0
+    with open(path, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(dict(row), default=rfc3339) + "\n")
+            n += 1
+    return n
 
 
 def split_by_time(

@@ -7,6 +7,7 @@ module of a Vertex AI CustomJob (``--backend vertex``; then ``--config`` and
     python -m trainer.task --config configs/traffic.yaml --project P --bq_dataset D \\
         --registry PATH --run-id RID --trigger-id TID [--backend local] [--rows N] \\
         [--epochs 8] [--seed 0] [--min-rows 200] [--start T] [--end T] \\
+        [--training-file FILE.jsonl] [--metadata JSON] \\
         [--block-on-drift] [--drift-block-threshold 0.75|none] [--infra-time-limit 30]
 
 Steps (each prints a ``[trainer] ...`` progress line):
@@ -14,6 +15,9 @@ Steps (each prints a ``[trainer] ...`` progress line):
 1. record ``running`` in ``training_runs``;
 2. read the training window (``trainer.data.read_training_window``: the newest
    ``--rows`` rows, default ``retraining.training_window_rows``, deduplicated);
+   with ``--training-file`` the same window comes from a JSON Lines file of
+   training-table rows instead (``trainer.data.read_training_file``; how
+   ``trainer.bootstrap`` trains the first model from history);
 3. validate it (``trainer.validation.validate``) against the config's schema and
    the current model version's ``statistics`` metadata. On errors: one
    ``data_quarantine`` row per blocking anomaly (``example_ids`` as a JSON list
@@ -85,6 +89,8 @@ class TaskOptions:
     block_on_drift: bool = False
     drift_block_threshold: float | None = DRIFT_BLOCK_THRESHOLD
     infra_time_limit_s: float = 30.0
+    training_file: str | None = None
+    metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 class _Run:
@@ -203,21 +209,27 @@ def run_task(
     policy = config.retraining
 
     t = time.monotonic()
-    rows = data_lib.read_training_window(
-        client,
-        opts.project,
-        opts.bq_dataset,
-        config,
-        rows=opts.rows,
-        start=opts.start,
-        end=opts.end,
-    )
+    if opts.training_file:
+        source = opts.training_file
+        rows = data_lib.read_training_file(
+            source, config, rows=opts.rows, start=opts.start, end=opts.end
+        )
+    else:
+        source = f"{opts.project}.{opts.bq_dataset}.{config.tables.training_examples}"
+        rows = data_lib.read_training_window(
+            client,
+            opts.project,
+            opts.bq_dataset,
+            config,
+            rows=opts.rows,
+            start=opts.start,
+            end=opts.end,
+        )
     run.timed("read_s", t)
     window = data_lib.time_range(rows)
     run.fields.update(data_start=window["start"], data_end=window["end"])
     _say(
-        f"read {len(rows)} rows from {opts.project}.{opts.bq_dataset}."
-        f"{config.tables.training_examples} ({window['start']} .. {window['end']}) "
+        f"read {len(rows)} rows from {source} ({window['start']} .. {window['end']}) "
         f"in {run.timings['read_s']:.2f}s"
     )
 
@@ -336,6 +348,8 @@ def run_task(
         "features": {"dim": feature_dim(config), "columns": feature_columns(config)},
         "trainer": "trainer.task",
         "backend": opts.backend,
+        "training_source": source,
+        **opts.metadata,
     }
     version = registry.publish(model, metadata, status="candidate")
     run.fields["model_version"] = version
@@ -471,7 +485,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--infra-time-limit", type=float, default=30.0, help="infra gate limit, seconds (30)"
     )
+    p.add_argument(
+        "--training-file",
+        default=None,
+        help="read the window from this JSON Lines file of training-table rows, not BigQuery",
+    )
+    p.add_argument(
+        "--metadata",
+        type=_json_object,
+        default={},
+        help="a JSON object added to the version's metadata (e.g. where the data came from)",
+    )
     return p
+
+
+def _json_object(value: str) -> dict[str, Any]:
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not JSON: {e}") from None
+    if not isinstance(parsed, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {value!r}")
+    return parsed
 
 
 def options_from_args(args: argparse.Namespace) -> TaskOptions:
@@ -492,6 +527,8 @@ def options_from_args(args: argparse.Namespace) -> TaskOptions:
         block_on_drift=args.block_on_drift,
         drift_block_threshold=args.drift_block_threshold,
         infra_time_limit_s=args.infra_time_limit,
+        training_file=args.training_file,
+        metadata=dict(args.metadata),
     )
 
 

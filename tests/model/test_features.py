@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 
@@ -10,7 +12,7 @@ from model.features import (
     feature_dim,
     label_array,
 )
-from tests.helpers import TRAFFIC, traffic_payload
+from tests.helpers import T0, TRAFFIC, traffic_payload
 
 
 def test_traffic_encoding_scales_numbers_and_one_hots_categories():
@@ -26,15 +28,85 @@ def test_traffic_encoding_scales_numbers_and_one_hots_categories():
     assert [as_dict[f"road_type={v}"] for v in ("highway", "arterial", "local")] == [0, 1, 0]
 
 
-def test_training_and_serving_rows_encode_identically():
-    """A BigQuery training row (extra lineage columns) and a pipeline record's
-    features produce the same vector: one function, no skew."""
-    features = traffic_payload()
-    training_row = {**features, "example_id": "m1", "label_source": "inline"}
-    served = encode_features(features, TRAFFIC)
-    assert np.array_equal(served, encode_batch([training_row], TRAFFIC)[0])
+SPAM = config_from_dict(
+    {
+        "name": "spam",
+        "key_field": "sender",
+        "event_time": {"field": "ts", "format": "epoch_seconds"},
+        "features": {
+            "lang": {"type": "string"},
+            "has_link": {"type": "bool"},
+            "links": {"type": "int", "min": 0, "max": 50},
+            "score": {"type": "float"},
+        },
+        "label": {"field": "spam", "type": "bool", "task": "binary_classification"},
+        "windows": {"specs": [{"name": "h", "kind": "fixed", "size_seconds": 3600}]},
+    }
+)
+
+
+def _traffic_payloads() -> list[dict]:
+    edge = [
+        {"vehicle_count": 400, "mean_speed_kmh": 200, "occupancy": 1.0, "hour_of_day": 23.999},
+        {"vehicle_count": 0, "mean_speed_kmh": 0.1, "occupancy": 0.0, "hour_of_day": 0},
+        {"mean_speed_kmh": 48.123456789, "occupancy": 1 / 3, "road_type": "highway"},
+        {"vehicle_count": 17, "road_type": "local", "congested": 1},
+    ]
+    return [traffic_payload(f"S{i}", T0 + i, **e) for i, e in enumerate(edge)]
+
+
+def _spam_payloads() -> list[dict]:
+    return [
+        {"sender": "a", "ts": T0, "lang": "en", "has_link": True, "links": 3, "score": 0.5,
+         "spam": True},
+        {"sender": "b", "ts": T0 + 1, "lang": "pt-BR", "has_link": False, "links": 0,
+         "score": -1e-7, "spam": False},
+    ]  # fmt: skip
+
+
+@pytest.mark.emulators
+@pytest.mark.parametrize("which", ["traffic", "spam"])
+def test_training_and_serving_rows_encode_identically(
+    which, bigquery_client, gcp_project, unique_name
+):
+    """What serving encodes (the pipeline's validated record) and what training encodes
+    (the pipeline's training row, written to BigQuery and read back by the trainer)
+    are the same vectors and labels: one function, no skew through BigQuery's types."""
+    from dataset.resources import ensure_bigquery_tables
+    from trainer.data import read_training_window
+    from transforms.labeling import training_row
+    from transforms.validation import parse_message
+
+    config, payloads = (
+        (TRAFFIC, _traffic_payloads()) if which == "traffic" else (SPAM, _spam_payloads())
+    )
+    records = []
+    for i, payload in enumerate(payloads):
+        data = json.dumps(payload).encode()
+        records.append(parse_message(data, {config.id_attribute: f"m{i}"}, config, None))
+    rows = [
+        training_row(config, r, r["label"], r["event_time"], "inline", now=T0 + 60) for r in records
+    ]
+    ensure_bigquery_tables(gcp_project, unique_name, config, client=bigquery_client)
+    try:
+        table = f"{gcp_project}.{unique_name}.{config.tables.training_examples}"
+        assert bigquery_client.insert_rows_json(table, rows) == []
+        back = read_training_window(bigquery_client, gcp_project, unique_name, config, rows=100)
+    finally:
+        bigquery_client.delete_dataset(unique_name, delete_contents=True, not_found_ok=True)
+    by_id = {r["example_id"]: r for r in back}
+    assert sorted(by_id) == sorted(r["message_id"] for r in records)
+    read_back = [by_id[r["message_id"]] for r in records]
+    served = np.stack([encode_features(r["features"], config) for r in records])
+    trained = encode_batch(read_back, config)
+    assert trained.shape == served.shape == (len(records), feature_dim(config))
+    np.testing.assert_array_equal(trained, served)
+    labels = np.asarray([float(r["label"]) for r in records], dtype=np.float32)
+    np.testing.assert_array_equal(label_array(read_back, config), labels)
+
+
+def test_encode_batch_of_nothing():
     assert encode_batch([], TRAFFIC).shape == (0, 7)
-    assert label_array([training_row], TRAFFIC).tolist() == [0.0]
 
 
 def test_strings_without_values_hash_stably_and_bools_are_binary():

@@ -9,7 +9,7 @@ import pytest
 
 from dataset.config import load_config
 from simulator.ads import DEFAULT_START_MILLIS, AdSimulator
-from simulator.publish import export_ads
+from simulator.exports import export_ads
 from tests.simulator import checks
 
 ADS = load_config("configs/ad_conversions.yaml")

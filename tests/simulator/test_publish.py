@@ -12,36 +12,35 @@ import time
 import pytest
 
 from dataset.config import load_config
+from dataset.times import EventTimeError, format_event_time, parse_event_time, parse_time_arg
 from simulator import publish
-from simulator.publish import (
+from simulator.exports import export_history
+from simulator.messages import (
     MALFORMED_KINDS,
-    InjectionOptions,
     OutMessage,
-    PublishStats,
     available_malformed_kinds,
     build_message,
-    coerce_value,
-    csv_row_to_record,
-    due_count,
-    due_time,
     event_time_of,
-    export_history,
-    format_event_time,
     malform,
-    parse_event_time,
-    parse_time_arg,
-    read_records,
     rebase_record,
-    rfc3339,
-    run_replay,
-    run_simulate,
 )
+from simulator.pacing import Progress, PublishStats, due_count, due_time
+from simulator.publisher import InjectionOptions, run_replay, run_simulate
+from simulator.records import coerce_value, csv_row_to_record, read_records
 from simulator.traffic import TrafficSimulator
 from tests.simulator import checks
+from transforms.validation import RecordError, parse_message
 
 TRAFFIC = load_config("configs/traffic.yaml")
 ADS = load_config("configs/ad_conversions.yaml")
 T0 = 1_699_999_800.0
+
+
+def rfc3339(t: float) -> str:
+    """The attribute form of an event time (RFC 3339 UTC, milliseconds)."""
+    return format_event_time(t, "iso8601")
+
+
 STATS_KEYS = {
     "events_published",
     "valid_published",
@@ -113,6 +112,7 @@ def test_traffic_supports_every_malformed_kind():
 @pytest.mark.parametrize("kind", MALFORMED_KINDS)
 @pytest.mark.parametrize("config_name", ["traffic", "ads"])
 def test_malformed_kinds_are_invalid(kind, config_name):
+    """Every malformed kind is dead-lettered by the pipeline's own validation."""
     config = TRAFFIC if config_name == "traffic" else ADS
     if config_name == "traffic":
         records = [TrafficSimulator().reading(k, T0 + k) for k in range(30)]
@@ -120,23 +120,13 @@ def test_malformed_kinds_are_invalid(kind, config_name):
         from simulator.ads import AdSimulator
 
         records = [AdSimulator().impression(k, 1_704_067_200_000).impression for k in range(30)]
-    try:
-        from transforms.validation import RecordError, validate_payload
-    except ImportError:  # the pipeline's validator is optional for this test
-        validate_payload = None
     for i, rec in enumerate(records):
-        assert checks.problems(json.dumps(rec).encode(), config) == []
-        data = malform(rec, config, kind, random.Random(i))
-        found = checks.problems(data, config)
-        assert found, (kind, data)
-        if validate_payload is not None:
-            t = event_time_of(rec, config)
-            try:
-                payload = json.loads(data.decode("utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError):
-                continue
-            with pytest.raises(RecordError):
-                validate_payload(payload, config, "id", element_time=t)
+        t = event_time_of(rec, config)
+        valid = build_message(rec, config, t, f"ok-{i}")
+        parse_message(valid.data, valid.attributes, config, t)  # the original passes
+        msg = build_message(rec, config, t, f"bad-{i}", malformed_kind=kind, rng=random.Random(i))
+        with pytest.raises(RecordError):
+            parse_message(msg.data, msg.attributes, config, t)
 
 
 def test_malformed_kinds_hit_what_they_say():
@@ -206,9 +196,12 @@ def test_parse_event_time_rejects_garbage():
 
 def test_parse_time_arg():
     assert parse_time_arg("2023-11-14T22:10:00Z") == T0
-    assert parse_time_arg("2023-11-14T22:10:00") == T0
+    assert parse_time_arg("2023-11-14T23:10:00+01:00") == T0
     assert parse_time_arg(str(T0)) == T0
-    with pytest.raises(ValueError, match="ISO-8601"):
+    # The pipeline's rule: a time without a zone is ambiguous.
+    with pytest.raises(EventTimeError, match="without a timezone"):
+        parse_time_arg("2023-11-14T22:10:00")
+    with pytest.raises(EventTimeError, match="ISO-8601"):
         parse_time_arg("noon")
 
 
@@ -336,7 +329,7 @@ def test_progress_line_mode_and_tty_mode():
     stats = PublishStats(started_at=0.0)
     stats.record(OutMessage(b"{}", {}, 1.0, "a"))
     plain = io.StringIO()
-    p = publish.Progress(total=10, stream=plain, clock=lambda: now[0])
+    p = Progress(total=10, stream=plain, clock=lambda: now[0])
     now[0] = 1.0
     p.update(stats)  # too early for a line
     now[0] = 6.0
@@ -346,7 +339,7 @@ def test_progress_line_mode_and_tty_mode():
     assert len(lines) == 2 and "published 1" in lines[0] and "malformed 0" in lines[0]
     assert "\r" not in plain.getvalue()
     tty = Tty()
-    p = publish.Progress(total=10, stream=tty, clock=lambda: now[0])
+    p = Progress(total=10, stream=tty, clock=lambda: now[0])
     now[0] = 7.0
     p.update(stats)
     assert tty.getvalue().startswith("\r[") and "10%" in tty.getvalue()
@@ -389,7 +382,7 @@ def test_run_simulate_injects_and_accounts(tmp_path):
     assert len(by_id) == doc["events_published"]
     assert sum(len(v) - 1 for v in by_id.values()) == doc["duplicates_published"]
     assert all(len({(m.data, tuple(m.attributes.items())) for m in v}) == 1 for v in by_id.values())
-    invalid = {i for i, v in by_id.items() if checks.problems(v[0].data, TRAFFIC)}
+    invalid = {i for i, v in by_id.items() if checks.problems(v[0].data, TRAFFIC, v[0].attributes)}
     assert invalid == set(doc["malformed_ids"]) == set(stats.malformed_ids)
     for m in sink.messages:
         assert set(m.attributes) == {"event_time", "message_id"}
@@ -497,6 +490,56 @@ def test_run_replay_keeps_original_times_and_paces(tmp_path):
     first = json.loads(sink.messages[0].data)
     assert sink.messages[0].attributes["ts"] == rfc3339(first["ts_millis"] / 1000)
     assert sink.messages[0].data == json.dumps(first, separators=(",", ":")).encode()
+    # Original times, no rebasing: the pipeline's validation accepts every message.
+    assert [m for m in sink.messages if checks.problems(m.data, ADS, m.attributes)] == []
+
+
+def _zoneless_file(tmp_path, n: int = 20):
+    rows = TrafficSimulator().history(n, T0, rate=10)
+    f = tmp_path / "local-times.jsonl"
+    f.write_text("".join(json.dumps(dict(r, event_time=r["event_time"][:-1])) + "\n" for r in rows))
+    return f, rows
+
+
+def test_replay_skips_times_without_a_zone_by_default(tmp_path, caplog):
+    """The pipeline dead-letters such times; the replay says so per row instead of sending them."""
+    f, _ = _zoneless_file(tmp_path)
+    sink = ListSink()
+    stats = run_replay(
+        str(f), TRAFFIC, "projects/p/topics/t", rate=5000, sink=sink, progress_stream=io.StringIO()
+    )
+    assert sink.messages == [] and stats.events_published == 0
+    assert stats.skipped_by_reason == {"time_without_zone": 20}
+    assert "has no zone" in caplog.text and "--assume-utc" in caplog.text
+    # The pipeline would indeed have refused them.
+    record = json.loads(f.read_text().splitlines()[0])
+    with pytest.raises(RecordError, match="without a timezone"):
+        parse_message(json.dumps(record).encode(), {"message_id": "x"}, TRAFFIC, None)
+
+
+@pytest.mark.parametrize("flag", ["assume_utc", "rebase_time"])
+def test_replay_times_without_a_zone_when_told(tmp_path, flag):
+    f, rows = _zoneless_file(tmp_path)
+    sink = ListSink()
+    stats = run_replay(
+        str(f),
+        TRAFFIC,
+        "projects/p/topics/t",
+        rate=5000,
+        sink=sink,
+        progress_stream=io.StringIO(),
+        **{flag: True},
+    )
+    assert stats.events_published == 20 and stats.skipped_rows == 0
+    for m, original in zip(sink.messages, rows, strict=True):
+        assert checks.problems(m.data, TRAFFIC, m.attributes) == []  # the pipeline accepts it
+        if flag == "assume_utc":  # taken as UTC: the original instant, now with its zone
+            assert json.loads(m.data)["event_time"] == original["event_time"]
+            assert m.attributes["event_time"] == original["event_time"]
+    args = publish.build_parser().parse_args(
+        ["replay", str(f), "--config", "c", "--topic", "t", "--assume-utc"]
+    )
+    assert args.assume_utc is True
 
 
 def test_cli_bad_input_exit_codes(tmp_path, capsys):

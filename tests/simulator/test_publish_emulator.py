@@ -14,6 +14,7 @@ import uuid
 import pytest
 
 from dataset.config import load_config
+from dataset.times import format_event_time, parse_event_time
 from simulator import publish
 from tests.simulator import checks
 
@@ -107,14 +108,14 @@ def test_simulate_publishes_and_stats_reconcile(topic_and_subscription, tmp_path
     malformed = set()
     for m in messages:
         assert set(m.attributes) == {"event_time", "message_id"}
-        t = publish.parse_event_time(m.attributes["event_time"], "iso8601")
+        t = parse_event_time(m.attributes["event_time"], "iso8601")
         assert m.attributes["event_time"].endswith("Z")
         assert stats["first_event_time"] <= m.attributes["event_time"] <= stats["last_event_time"]
-        if checks.problems(m.data, TRAFFIC):
+        if checks.problems(m.data, TRAFFIC, m.attributes):
             malformed.add(m.attributes["message_id"])
         else:
             payload = json.loads(m.data)
-            assert publish.parse_event_time(payload["event_time"], "iso8601") == t
+            assert parse_event_time(payload["event_time"], "iso8601") == t
     assert malformed == set(stats["malformed_ids"])
     assert len(malformed) == stats["malformed_published"]
 
@@ -142,8 +143,8 @@ def test_replay_with_rebased_time(topic_and_subscription, tmp_path):
         payload = json.loads(m.data)
         t = payload["ts_millis"] / 1000.0
         assert t0 - 1 <= t <= time.time()
-        assert m.attributes["ts"] == publish.rfc3339(t)
-        assert checks.problems(m.data, ADS) == []
+        assert m.attributes["ts"] == format_event_time(t, "iso8601")
+        assert checks.problems(m.data, ADS, m.attributes) == []
 
 
 def test_missing_topic_fails_with_clear_message(pubsub_emulator, gcp_project, caplog):

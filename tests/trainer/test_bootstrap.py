@@ -1,19 +1,20 @@
-"""Tests of the bootstrap trainer (trainer/bootstrap.py) and the shared metrics."""
+"""trainer.bootstrap: the first model comes from the same trainer, validation and gates."""
 
 from __future__ import annotations
 
 import io
 import json
-import random
 from contextlib import redirect_stdout
 
 import numpy as np
 import pytest
+import yaml
 
 from dataset.config import load_config
+from dataset.tables import training_schema
+from dataset.times import event_seconds
 from model.registry import ModelRegistry
-from simulator.publish import event_time_of
-from trainer.bootstrap import generate_history, main, split_by_time
+from trainer.bootstrap import generate_history, main, training_rows
 from trainer.metrics import evaluate, metrics_from_predictions, roc_auc
 
 TRAFFIC = load_config("configs/traffic.yaml")
@@ -29,6 +30,15 @@ def _run(capsys, *args: str) -> tuple[int, list[str], str]:
     return code, captured.out.splitlines(), captured.err
 
 
+def _config(tmp_path, **retraining) -> str:
+    """A copy of the traffic config with other retraining settings."""
+    raw = yaml.safe_load(open("configs/traffic.yaml"))
+    raw["retraining"].update(retraining)
+    path = tmp_path / "traffic.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return str(path)
+
+
 @pytest.fixture(scope="module")
 def bootstrapped(tmp_path_factory):
     """One small bootstrap run shared by several tests: (registry root, stdout lines)."""
@@ -37,31 +47,38 @@ def bootstrapped(tmp_path_factory):
     buf = io.StringIO()
     with redirect_stdout(buf):
         code = main([*args, "--end-time", str(END_TIME)])
-    assert code == 0
+    assert code == 0, buf.getvalue()[-3000:]
     return root, buf.getvalue().splitlines()
 
 
-def test_bootstrap_publishes_a_promoted_version_that_beats_the_base_rate(bootstrapped):
+def test_first_model_is_one_trainer_run_through_validation_and_gates(bootstrapped):
     root, lines = bootstrapped
-    assert any(line.startswith("[bootstrap] training") for line in lines)
     result = json.loads(lines[-1])
-    assert result["promoted"] is True
+    assert result["status"] == "succeeded" and result["promoted"] is True
+    assert result["run_id"].startswith("bootstrap-")
+    assert result["run_log"] == ["running", "succeeded"]  # the trainer's own status rows
+    # The trainer's steps ran: data validation, training, both gates.
+    text = "\n".join(lines)
+    assert "[trainer] data validation passed" in text
+    assert "[trainer] infra gate: pass" in text
+    assert "[trainer] quality gate: pass" in text and "comparison skipped" in text
     metrics = result["metrics"]
-    assert metrics["accuracy"] > metrics["baseline_accuracy"]
+    assert metrics["accuracy"] >= TRAFFIC.retraining.min_accuracy
     assert metrics["log_loss"] < metrics["baseline_log_loss"]
-    assert 0.0 < metrics["base_rate"] < 1.0
 
     registry = ModelRegistry(root)
     assert registry.current_version() == result["version"]
     info = registry.current()
     assert info.status == "promoted"
     meta = info.metadata
-    assert meta["source"] == "simulated-history" and meta["dataset"] == "traffic"
-    assert meta["training_data"]["rows"] == 2400
-    assert meta["validation_data"]["rows"] == 600
-    assert meta["training_data"]["end"] < meta["validation_data"]["start"]  # no leakage
-    assert meta["metrics"] == metrics
-    assert meta["simulator"]["drift"] is False
+    assert meta["trainer"] == "trainer.task" and meta["trigger_id"] == "bootstrap"
+    assert meta["run_id"] == result["run_id"] and meta["parent_version"] is None
+    assert meta["source"] == "simulated-history" and meta["simulator"]["drift"] is False
+    assert meta["data_validation"]["ok"] is True
+    assert meta["statistics"]["rows"] == 3000 and "reference" in meta["statistics"]
+    data = meta["training_data"]
+    assert data["rows"] == 3000 and data["rows_train"] + data["rows_validation"] == 3000
+    assert data["train_end"] < meta["validation_data"]["start"]  # no leakage
     assert [e["action"] for e in registry.history()] == ["promote"]
 
 
@@ -77,23 +94,59 @@ def test_if_empty_does_nothing_when_a_version_is_current(bootstrapped, capsys):
     assert [v.version for v in ModelRegistry(root).versions()] == before
 
 
-def test_no_promote_with_drift_adds_a_candidate_only(tmp_path, capsys):
-    registry = ModelRegistry(str(tmp_path))
-    common = ["--config", "configs/traffic.yaml", "--registry", str(tmp_path)]
-    common += ["--events", "1000", "--end-time", str(END_TIME), "--epochs", "2"]
+def test_the_first_candidate_is_gated_like_any_other(tmp_path, capsys):
+    """A floor no model reaches: the quality gate rejects it, nothing becomes current."""
+    config = _config(tmp_path, min_accuracy=0.999)
+    root = str(tmp_path / "registry")
+    code, lines, _ = _run(
+        capsys, "--config", config, "--registry", root, "--events", "1000",
+        "--end-time", str(END_TIME), "--epochs", "1",
+    )  # fmt: skip
+    result = json.loads(lines[-1])
+    assert code == 1 and result["status"] == "rejected" and result["promoted"] is False
+    assert "below the floor" in result["reason"]
+    registry = ModelRegistry(root)
+    assert registry.current_version() is None
+    assert registry.get(result["version"]).status == "rejected"
+
+
+def test_the_first_window_is_validated_like_any_other(tmp_path, capsys):
+    root = str(tmp_path / "registry")
+    code, lines, _ = _run(
+        capsys, "--config", "configs/traffic.yaml", "--registry", root, "--events", "150",
+        "--end-time", str(END_TIME), "--epochs", "1",
+    )  # fmt: skip
+    result = json.loads(lines[-1])
+    assert code == 1 and result["status"] == "rejected"
+    assert result["reason"].startswith("data validation: too_few_rows")
+    assert ModelRegistry(root).versions() == []
+
+
+def test_a_second_version_is_gated_against_the_current(tmp_path, capsys):
+    root = str(tmp_path / "registry")
+    common = ["--config", "configs/traffic.yaml", "--registry", root, "--events", "1000"]
+    common += ["--end-time", str(END_TIME), "--epochs", "2"]
     code, lines, _ = _run(capsys, *common, "--if-empty")
     first = json.loads(lines[-1])["version"]
-    assert code == 0 and registry.current_version() == first  # empty: it trained
+    assert code == 0 and ModelRegistry(root).current_version() == first
 
-    code, lines, _ = _run(capsys, *common, "--seed", "8", "--drift", "--no-promote")
-    assert code == 0
+    code, lines, _ = _run(capsys, *common, "--seed", "8", "--drift")
     result = json.loads(lines[-1])
-    assert result["promoted"] is False
-    assert registry.current_version() == first
-    info = registry.get(result["version"])
-    assert info.status == "candidate"
-    assert info.metadata["simulator"] == {**info.metadata["simulator"], "seed": 8, "drift": True}
-    assert any("promote " + result["version"] in line for line in lines)
+    info = ModelRegistry(root).get(result["version"])
+    assert info.metadata["parent_version"] == first
+    assert info.metadata["current_metrics"]["rows"] == info.metadata["metrics"]["rows"]
+    assert info.metadata["simulator"]["seed"] == 8 and info.metadata["simulator"]["drift"]
+    assert any("[trainer] current " in line for line in lines)  # compared on the same rows
+
+
+def test_history_rows_are_the_pipelines_training_rows():
+    readings, _ = generate_history(TRAFFIC, 200, END_TIME)
+    rows = list(training_rows(TRAFFIC, readings, END_TIME, "b"))
+    columns = {c["name"] for c in training_schema(TRAFFIC)}
+    assert all(set(r) == columns for r in rows)
+    times = generate_history(TRAFFIC, 200, END_TIME)[1]
+    assert [event_seconds(r) for r in rows] == pytest.approx(times)
+    assert rows[0]["label_source"] == "inline" and len({r["example_id"] for r in rows}) == 200
 
 
 def test_drift_makes_all_history_post_drift():
@@ -105,33 +158,51 @@ def test_drift_makes_all_history_post_drift():
     assert base_drifted > base_plain + 0.1  # the lower threshold labels more congestion
 
 
-def test_split_by_time_holds_out_the_latest_fifth():
-    rows, times = generate_history(TRAFFIC, 1000, END_TIME)
-    pairs = list(zip(rows, times, strict=True))
-    random.Random(1).shuffle(pairs)
-    shuffled_rows = [r for r, _ in pairs]
-    earlier, later, cutoff = split_by_time(shuffled_rows, [t for _, t in pairs], 0.2)
-    assert (len(earlier), len(later)) == (800, 200)
-    assert max(event_time_of(r, TRAFFIC) for r in earlier) < cutoff
-    assert min(event_time_of(r, TRAFFIC) for r in later) == cutoff
-    with pytest.raises(ValueError, match="one event time"):
-        split_by_time(rows[:5], [1.0] * 5, 0.2)
-
-
-def test_other_datasets_are_refused(tmp_path, capsys):
+def test_configs_the_simulator_cannot_produce_are_refused(tmp_path, capsys):
     code, _, err = _run(
         capsys, "--config", "configs/ad_conversions.yaml", "--registry", str(tmp_path)
     )
     assert code == 2
-    assert err.startswith("error: ") and "supports only: traffic" in err
+    assert err.startswith("error: ") and "does not describe the traffic simulator" in err
     assert ModelRegistry(str(tmp_path)).versions() == []
 
 
-def test_too_few_events_is_an_error(tmp_path, capsys):
-    code, _, err = _run(
-        capsys, "--config", "configs/traffic.yaml", "--registry", str(tmp_path), "--events", "10"
-    )
+def test_bad_arguments_are_errors(tmp_path, capsys):
+    base = ["--config", "configs/traffic.yaml", "--registry", str(tmp_path)]
+    code, _, err = _run(capsys, *base, "--events", "10")
     assert code == 2 and "--events must be at least" in err
+    code, _, err = _run(capsys, *base, "--project", "p")
+    assert code == 2 and "both --project and --bq_dataset" in err
+
+
+@pytest.mark.emulators
+def test_run_status_lands_in_training_runs(bigquery_client, gcp_project, unique_name, tmp_path):
+    """As run_local.sh calls it: the bootstrap run is in training_runs like any other."""
+    from dataset.resources import ensure_bigquery_tables
+    from trainer import runs
+
+    ensure_bigquery_tables(gcp_project, unique_name, TRAFFIC, client=bigquery_client)
+    try:
+        buf = io.StringIO()
+        with redirect_stdout(buf):
+            code = main(
+                [
+                    "--config", "configs/traffic.yaml", "--registry", str(tmp_path / "r"),
+                    "--project", gcp_project, "--bq_dataset", unique_name,
+                    "--events", "1000", "--end-time", str(END_TIME), "--epochs", "2",
+                    "--day-origin", str(END_TIME - 125), "--if-empty",
+                ]
+            )  # fmt: skip
+        result = json.loads(buf.getvalue().splitlines()[-1])
+        assert code == 0, buf.getvalue()[-2000:]
+        history = runs.run_history(
+            bigquery_client, gcp_project, unique_name, TRAFFIC, result["run_id"]
+        )
+        assert [r["status"] for r in history] == ["running", "succeeded"]
+        assert history[-1]["trigger_id"] == "bootstrap"
+        assert history[-1]["model_version"] == result["version"]
+    finally:
+        bigquery_client.delete_dataset(unique_name, delete_contents=True, not_found_ok=True)
 
 
 # ------------------------------------------------------------- metrics

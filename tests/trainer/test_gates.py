@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 
 import numpy as np
@@ -97,9 +96,29 @@ def test_nan_outputs_fail(registry, data):
     assert any("NaN or infinite" in r for r in result.reasons), result.reasons
 
 
-def test_time_limit(registry, data):
-    result = infra_check(registry, registry.current_version(), data[2][:16], time_limit_s=0.001)
-    assert not result.passed and "longer than" in result.reasons[0]
+def test_time_limit(registry, data, monkeypatch):
+    """A load that has not finished at the limit fails the gate (the steps block until released)."""
+    import threading
+
+    from trainer import gates
+
+    started, release = threading.Event(), threading.Event()
+
+    def stuck(*args):
+        started.set()
+        release.wait(10)
+        return {"reasons": [], "details": {}}
+
+    monkeypatch.setattr(gates, "_infra_steps", stuck)
+    try:
+        result = infra_check(registry, registry.current_version(), data[2][:16], time_limit_s=0.2)
+    finally:
+        release.set()
+    assert started.is_set()
+    assert not result.passed and "longer than 0.2s" in result.reasons[0]
+    # Steps that finish in time pass the same gate.
+    monkeypatch.setattr(gates, "_infra_steps", lambda *a: {"reasons": [], "details": {}})
+    assert infra_check(registry, "v", data[2][:16], time_limit_s=30).passed
 
 
 def test_bad_sample_shape_fails(registry):
@@ -166,14 +185,28 @@ def test_current_model_metrics_without_or_with_an_incompatible_current(tmp_path,
     from model.registry import ModelRegistry
 
     _, _, x_val, y_val = data
+    # Without a current version: nothing to compare with, and nothing is loaded.
     empty = ModelRegistry(str(tmp_path / "empty"))
+    empty.publish(build_model_for_test(), {"note": "a candidate, never promoted"})
+    assert empty.current_version() is None
     assert current_model_metrics(empty, x_val, y_val, TASK) == (None, None, None)
-    assert os.path.isdir(tmp_path)
-    # Rows with another feature width (e.g. after a config change): reported, not raised.
-    version, metrics, error = current_model_metrics(
-        _registry_with_current(tmp_path), x_val[:, :3], y_val, TASK
-    )
-    assert version and metrics is None and error
+    # With a current version and rows of another feature width (e.g. after a config
+    # change): the version is named, no metrics, the error says why; nothing raised.
+    other = _registry_with_current(tmp_path)
+    version, metrics, error = current_model_metrics(other, x_val[:, :3], y_val, TASK)
+    assert version == other.current_version()
+    assert metrics is None
+    assert error and error.split(":")[0].endswith("Error")
+    # The same current version on rows of the right width is evaluated.
+    version, metrics, error = current_model_metrics(other, x_val, y_val, TASK)
+    assert version == other.current_version() and error is None
+    assert metrics["rows"] == len(y_val)
+
+
+def build_model_for_test():
+    from model.keras_model import build_model
+
+    return build_model(TRAFFIC, seed=5)
 
 
 def _registry_with_current(tmp_path):

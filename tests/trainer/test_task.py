@@ -237,3 +237,45 @@ def test_config_from_a_uri():
     uri = "file://" + os.path.abspath("configs/traffic.yaml")
     config = load_config_any(uri)
     assert config.name == "traffic" and config.source_path == uri
+
+
+def test_training_file_window_has_the_querys_rules(tmp_path):
+    """read_training_file: latest ingestion per example, time bounds, newest N, oldest first."""
+    from dataset.times import utc_iso
+    from trainer.data import event_seconds, read_training_file, write_training_file
+
+    rows = training_rows(50, rate=1.0)
+    again = dict(rows[10], occupancy=0.5, ingested_at=utc_iso(END + 99.0), ingestion_id="m-re")
+    path = str(tmp_path / "rows.jsonl")
+    assert write_training_file(path, [*rows, again]) == 51
+    window = read_training_file(path, TRAFFIC, rows=100)
+    assert len(window) == 50  # the redelivered example once
+    assert [r["example_id"] for r in window] == [r["example_id"] for r in rows]
+    assert window[10]["occupancy"] == 0.5 and window[10]["ingestion_id"] == "m-re"
+    assert isinstance(window[0]["event_time"], dt.datetime)
+    newest = read_training_file(path, TRAFFIC, rows=5)
+    assert [r["example_id"] for r in newest] == [r["example_id"] for r in rows[-5:]]
+    t0 = event_seconds(rows[20])
+    bounded = read_training_file(path, TRAFFIC, start=t0, end=t0 + 10)
+    assert [r["example_id"] for r in bounded] == [r["example_id"] for r in rows[20:30]]
+    assert len(read_training_file(path, TRAFFIC)) == min(
+        50, TRAFFIC.retraining.training_window_rows
+    )
+    (tmp_path / "bad.jsonl").write_text("[1, 2]\n")
+    with pytest.raises(ValueError, match="not a training row"):
+        read_training_file(str(tmp_path / "bad.jsonl"), TRAFFIC)
+    with pytest.raises(ValueError, match="does not exist"):
+        read_training_file(str(tmp_path / "nope.jsonl"), TRAFFIC)
+
+
+def test_parser_takes_a_training_file_and_metadata():
+    base = ["--config", "c", "--project", "p", "--bq_dataset", "d", "--registry", "r"]
+    base += ["--run-id", "r1", "--trigger-id", "t1"]
+    args = build_parser().parse_args(
+        [*base, "--training-file", "h.jsonl", "--metadata", '{"source": "x"}']
+    )
+    opts = options_from_args(args)
+    assert opts.training_file == "h.jsonl" and opts.metadata == {"source": "x"}
+    assert options_from_args(build_parser().parse_args(base)).metadata == {}
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([*base, "--metadata", "[1]"])

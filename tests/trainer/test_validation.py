@@ -198,8 +198,10 @@ def test_label_checks(clean):
     assert len(result.errors) == 3
     one_class = [dict(r, congested=0) for r in clean]
     result = validate(one_class, TRAFFIC)
-    assert [a["check"] for a in result.errors] == ["label"]
+    assert [a["check"] for a in result.errors] == ["single_class"]
     assert "one class" in result.errors[0]["detail"]
+    relaxed = _with(TRAFFIC, validation={"severity": {"single_class": "warn"}})
+    assert validate(one_class, relaxed).ok
 
 
 def test_drift_beyond_threshold_is_a_warning_unless_blocking(clean):
@@ -225,12 +227,16 @@ def test_huge_drift_and_stuck_feeds_block(clean):
     moved = [dict(r, mean_speed_kmh=199.0 - r["hour_of_day"]) for r in clean]
     result = validate(moved, TRAFFIC, previous)
     assert result.drift["mean_speed_kmh"]["distance"] > 0.75
-    assert ("drift", "mean_speed_kmh") in _checks(result)
+    assert result.drift["mean_speed_kmh"]["outside_share"] > 0.5
+    assert ("severe_drift", "mean_speed_kmh") in _checks(result)
     stuck = [dict(r, vehicle_count=0) for r in clean]
     result = validate(stuck, TRAFFIC, previous)
     assert not result.ok
     assert ("degenerate_feature", "vehicle_count") in _checks(result)
     assert validate(stuck, TRAFFIC, previous, drift_block_threshold=None).ok is False
+    # Without a reference nothing says it varied before: a warning only.
+    first = validate(stuck, TRAFFIC)
+    assert first.ok and ("constant_feature", "vehicle_count") in _checks(first, "warning")
 
 
 def test_a_clock_feature_is_not_compared_for_drift_but_still_validated(clean):
@@ -270,3 +276,139 @@ def test_every_check_is_documented():
 
     for check in CHECKS:
         assert f"``{check}``" in v.__doc__
+
+
+# ------------------------------------------------- false positives (issue 9, item 5)
+
+
+def _with(config, **changes):
+    """A config like ``config`` with top-level or retraining changes (via the loader)."""
+    import yaml
+
+    raw = yaml.safe_load(open(config.source_path))
+    for key, value in changes.items():
+        if key in ("drift_threshold", "training_window_rows"):
+            raw["retraining"][key] = value
+        elif key == "hour_drift_check":
+            raw["features"]["hour_of_day"]["drift_check"] = value
+        else:
+            raw[key] = value
+    return config_from_dict(raw, source=config.source_path)
+
+
+def test_float_noise_is_not_variation(clean):
+    """The real-dataset case: a constant column whose std was 1.11e-16 is not a stuck feed."""
+    before = [dict(r, occupancy=0.422915) for r in clean]  # 600 rows
+    previous = compute_statistics(before, TRAFFIC)
+    assert previous["features"]["occupancy"]["std"] == pytest.approx(1.11e-16, rel=0.01)
+    now = before[:400]  # the same constant; here numpy's std is exactly 0.0
+    assert compute_statistics(now, TRAFFIC)["features"]["occupancy"]["std"] == 0.0
+    result = validate(now, TRAFFIC, previous)
+    assert result.ok, result.errors
+    assert ("constant_feature", "occupancy") in _checks(result, "warning")
+    # Float noise in the current window does not make it "varied" either.
+    again = validate(before, TRAFFIC, compute_statistics(now, TRAFFIC))
+    assert again.ok and ("constant_feature", "occupancy") in _checks(again, "warning")
+
+
+def test_constant_in_the_reference_too_is_a_warning(clean):
+    constant = [dict(r, road_type="local") for r in clean]
+    result = validate(constant, TRAFFIC, compute_statistics(constant, TRAFFIC))
+    assert result.ok and ("constant_feature", "road_type") in _checks(result, "warning")
+    # One that varied before is still a stuck feed.
+    stuck = validate(constant, TRAFFIC, compute_statistics(clean, TRAFFIC))
+    assert ("degenerate_feature", "road_type") in _checks(stuck)
+
+
+def test_small_windows_of_one_distribution_are_not_drift():
+    """Two 200-row samples differ by chance more than a 0.1 threshold; that is noise."""
+    config = _with(TRAFFIC, drift_threshold=0.1)
+    import random
+
+    rows = training_rows(400, rate=2.0)
+    random.Random(0).shuffle(rows)  # two random halves: one distribution
+    before, after = rows[:200], rows[200:]
+    result = validate(after, config, compute_statistics(before, config), block_on_drift=True)
+    assert result.ok, result.errors
+    for d in result.drift.values():
+        assert d["noise_floor"] > 0.1
+    # A real shift of the same windows is still found.
+    slow = [dict(r, mean_speed_kmh=r["mean_speed_kmh"] / 4) for r in after]
+    strict = validate(slow, config, compute_statistics(before, config), block_on_drift=True)
+    assert ("drift", "mean_speed_kmh") in _checks(strict)
+
+
+def test_noise_floor_is_about_the_99th_percentile():
+    import numpy as np
+
+    from trainer.statistics import noise_floor
+
+    rng = np.random.default_rng(0)
+    probs = np.full(12, 1 / 12)
+    above = 0
+    for _ in range(300):
+        p = rng.multinomial(300, probs)
+        q = rng.multinomial(500, probs)
+        floor = noise_floor("jensen_shannon_distance", 300, 500, 12)
+        above += jensen_shannon_distance(p, q) > floor
+    assert above <= 9  # ~1% expected
+    assert noise_floor("jensen_shannon_distance", 100_000, 100_000, 12) < 0.02
+
+
+def test_a_clock_feature_needs_no_drift_opt_out():
+    """Consecutive short windows cover other hours; the lineage's reference covers the day."""
+    config = _with(TRAFFIC, hour_drift_check=True)
+    rows = training_rows(3000, rate=2.0)  # 1,200 rows per simulated day
+    history, later = rows[:1200], rows[1200:]
+    result = validate(history, config)
+    assert result.ok
+    stats = result.statistics
+    for start in range(0, 1200, 200):  # six 4-hour windows, one after another
+        window = later[start : start + 200]
+        result = validate(window, config, stats, min_rows=100)
+        assert result.ok, (start, result.errors)
+        stats = result.statistics
+    # A broken clock (far outside the reference's range) still blocks.
+    broken = [dict(r, hour_of_day=23.9) for r in later[:200]]
+    assert not validate(broken, config, stats, min_rows=100).ok
+
+
+def test_the_reference_merges_and_is_capped(clean):
+    from trainer import statistics as st
+
+    first = validate(clean, TRAFFIC).statistics
+    assert first["reference"]["rows"] == 600
+    second = validate(clean, TRAFFIC, first).statistics
+    ref = second["reference"]["features"]
+    assert second["reference"]["rows"] == 1200
+    assert sum(ref["vehicle_count"]["histogram"]["counts"]) == 1200
+    assert sum(ref["road_type"]["frequencies"].values()) == pytest.approx(1.0)
+    json.dumps(second)
+    big = dict(first, reference=dict(first["reference"], rows=st.REFERENCE_MAX_ROWS))
+    assert validate(clean, TRAFFIC, big).statistics["reference"]["rows"] == st.REFERENCE_MAX_ROWS
+
+
+def test_severity_overrides_from_the_config(clean):
+    stuck = [dict(r, vehicle_count=0) for r in clean]
+    previous = compute_statistics(clean, TRAFFIC)
+    relaxed = _with(TRAFFIC, validation={"severity": {"degenerate_feature": "warn"}})
+    result = validate(stuck, relaxed, previous)
+    assert result.ok and ("degenerate_feature", "vehicle_count") in _checks(result, "warning")
+    strict = _with(TRAFFIC, validation={"severity": {"constant_feature": "block"}})
+    assert not validate(stuck, strict).ok
+    for bad, match in [
+        ({"severity": {"nope": "warn"}}, "unknown check"),
+        ({"severity": {"drift": "error"}}, "must be one of block, warn"),
+        ({"severities": {}}, "unknown setting"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            _with(TRAFFIC, validation=bad)
+    assert TRAFFIC.validation.severity == ()
+
+
+def test_every_check_has_a_documented_default_severity():
+    import trainer.validation as v
+
+    assert set(v.DEFAULT_SEVERITY) == set(CHECKS)
+    for check, level in v.DEFAULT_SEVERITY.items():
+        assert f"``{check}``" in v.__doc__ and level in ("block", "warn")
