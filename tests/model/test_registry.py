@@ -1,4 +1,4 @@
-"""Tests of the versioned model registry (model/registry.py) and its CLI."""
+"""Tests of the versioned model registry (model/registry.py) and its CLI (registry_cli)."""
 
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ from model.registry import (
     ModelRegistry,
     VersionInfo,
     format_metrics,
-    main,
 )
+from model.registry_cli import main
 from simulator.traffic import TrafficSimulator
 
 TRAFFIC = load_config("configs/traffic.yaml")
@@ -108,20 +108,6 @@ def test_partial_versions_are_invisible(tmp_path, keras_model):
     with pytest.raises(ValueError, match="invalid version"):
         registry.get(".tmp-0123456789abcdef")
     assert registry.current_version() is None
-
-
-def test_a_failed_publish_leaves_nothing_visible(tmp_path, keras_model, monkeypatch):
-    registry = ModelRegistry(str(tmp_path))
-    from model import registry as registry_module
-
-    def broken_rename(*args, **kwargs):
-        raise OSError("simulated outage")
-
-    monkeypatch.setattr(registry_module._LocalFS, "rename", staticmethod(broken_rename))
-    with pytest.raises(OSError, match="simulated outage"):
-        registry.publish(keras_model, _meta())
-    assert registry.versions() == []
-    assert list((tmp_path / "versions").iterdir()) == []  # temporary directory removed
 
 
 def test_versions_sort_oldest_first_even_within_one_second(tmp_path, keras_model):
@@ -221,40 +207,40 @@ def test_promote_refuses_rejected_and_unknown_versions(tmp_path, keras_model):
 
 
 def test_current_pointer_is_replaced_by_rename(tmp_path, keras_model, monkeypatch):
-    from model import registry as registry_module
+    from model import storage as storage_module
 
     registry = ModelRegistry(str(tmp_path))
     a = registry.publish(keras_model, _meta())
     b = registry.publish(keras_model, _meta())
 
-    real_rename = registry_module._LocalFS.rename
+    real_replace = os.replace
     calls = []
 
-    def spy(src, dst, overwrite=False):
-        calls.append((src, dst, overwrite))
-        return real_rename(src, dst, overwrite=overwrite)
+    def spy(src, dst):
+        calls.append((str(src), str(dst)))
+        return real_replace(src, dst)
 
-    monkeypatch.setattr(registry_module._LocalFS, "rename", staticmethod(spy))
+    monkeypatch.setattr(storage_module.os, "replace", spy)
     registry.promote(a)
     current_file = str(tmp_path / "CURRENT")
-    renames = [(s, o) for s, d, o in calls if d == current_file]
-    assert len(renames) == 1
-    src, overwrite = renames[0]
-    assert os.path.dirname(src) == str(tmp_path) and os.path.basename(src).startswith(".")
-    assert overwrite
+    sources = [src for src, dst in calls if dst == current_file]
+    assert len(sources) == 1
+    assert os.path.dirname(sources[0]) == str(tmp_path)
+    assert os.path.basename(sources[0]).startswith(".")
 
     # A crash before the rename leaves the old pointer whole (and no temp file).
-    def crash(src, dst, overwrite=False):
-        if dst == current_file:
+    def crash(src, dst):
+        if str(dst) == current_file:
             raise OSError("crash before rename")
-        return real_rename(src, dst, overwrite=overwrite)
+        return real_replace(src, dst)
 
-    monkeypatch.setattr(registry_module._LocalFS, "rename", staticmethod(crash))
+    monkeypatch.setattr(storage_module.os, "replace", crash)
     with pytest.raises(OSError, match="crash before rename"):
         registry.promote(b)
     assert registry.current_version() == a
     assert json.loads((tmp_path / "CURRENT").read_text())["version"] == a
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["CURRENT", "history", "versions"]
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == [".lock", "CURRENT", "history", "versions"]
 
 
 def test_load_keras_roundtrip_gives_identical_predictions(tmp_path, keras_model, sample_batch):
@@ -264,11 +250,6 @@ def test_load_keras_roundtrip_gives_identical_predictions(tmp_path, keras_model,
 
     loaded = registry.load_keras(version)
     np.testing.assert_array_equal(loaded.predict(sample_batch, verbose=0), expected)
-
-    # The remote code path (copy to a local temp file first) gives the same model.
-    registry._remote = True
-    remote_loaded = registry.load_keras(version)
-    np.testing.assert_array_equal(remote_loaded.predict(sample_batch, verbose=0), expected)
 
 
 def test_saved_model_has_a_serving_default_signature(tmp_path, keras_model, sample_batch):
