@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-import shutil
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
