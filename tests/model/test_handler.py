@@ -289,3 +289,46 @@ def test_versions_swapped_while_batches_run_on_several_threads(two_versions):
         assert all((float(r.inference[0]) > 0.5) == expect_yes for r in results), version
         seen.add(version)
     assert seen == {v_no, v_yes}  # swaps really happened mid-run
+
+
+@pytest.mark.parametrize("backend", ["local", "gcs"])
+def test_drill_nan_or_unloadable_candidates_are_rejected_and_serving_is_unaffected(
+    backend, request, tmp_path
+):
+    from model.handler import RegistryModelHandler
+    from model.registry import ModelRegistry
+    from tests.transforms.test_inference import constant_model
+    from trainer.gates import infra_check
+
+    root = str(tmp_path / "registry")
+    if backend == "gcs":
+        root = request.getfixturevalue("gcs_bucket") + "/registry"
+    registry = ModelRegistry(root)
+    good = registry.publish(constant_model(-5.0), {"note": "good"}, status="passed")
+    registry.promote(good)
+    handler = RegistryModelHandler(root, poll_seconds=0)
+    serving = handler.load_model()
+    x = np.stack(_batch(8))
+
+    nan_model = constant_model(0.0)
+    nan_model.set_weights([np.full_like(w, np.nan) for w in nan_model.get_weights()])
+    outputs_nan = registry.publish(nan_model, {"note": "NaN outputs"})
+    crashes = registry.publish(constant_model(5.0), {"note": "corrupt model.keras"})
+    registry._store.write(f"versions/{crashes}/model.keras", b"not a keras file")
+
+    for candidate, finding in ((outputs_nan, "NaN or infinite"), (crashes, "does not load")):
+        result = infra_check(registry, candidate, x, task=TRAFFIC.label.task)
+        assert not result.passed
+        assert any(finding in reason for reason in result.reasons), result.reasons
+        registry.set_status(candidate, "rejected", result.reasons)
+        with pytest.raises(ValueError, match="rejected"):
+            registry.promote(candidate)
+    assert registry.current_version() == good
+
+    # Even a corrupt version forced past the gates is not served: the handler keeps
+    # the last good model and every batch is still scored by it.
+    registry.set_status(crashes, "passed", ["forced by hand"])
+    registry.promote(crashes, reason="operator error")
+    results = list(handler.run_inference(_batch(8), serving))
+    assert {r.model_id for r in results} == {good}
+    assert all(float(r.inference[0]) < 0.01 for r in results)
