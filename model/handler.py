@@ -159,8 +159,11 @@ def load_predict_fn(registry: Any, version: str) -> Predict:
     def serve(x):
         return model(x, training=False)
 
+    # Traced once here; calling the concrete function skips tf.function's dispatch.
+    concrete = serve.get_concrete_function()
+
     def predict(batch: np.ndarray) -> np.ndarray:
-        return serve(batch).numpy()
+        return concrete(batch).numpy()
 
     return predict
 
