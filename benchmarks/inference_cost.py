@@ -12,7 +12,8 @@ published to a temporary local registry:
   RunInference(handler, batch 64)`` on the FnApiRunner, against the same
   pipeline with the no-op handler, so source and runner costs cancel.
 
-Each figure is the median of ``--repeats`` runs. Results are printed and
+Each figure is the median of ``--repeats`` runs (pipelines alternate, so a
+busy machine slows both alike). Results are printed and
 written to ``benchmarks/results/inference_cost.json``.
 
     python -m benchmarks.inference_cost [--elements 12800] [--repeats 3]
@@ -82,25 +83,34 @@ def _per_element_us(fn, batches: list[list[np.ndarray]], repeats: int) -> float:
     return statistics.median(times) / elements * 1e6
 
 
-def _pipeline_us(handler: ModelHandler, examples: list[np.ndarray], repeats: int) -> float:
+def _pipeline_run_s(handler: ModelHandler, examples: list[np.ndarray]) -> float:
     import apache_beam as beam
     from apache_beam.ml.inference.base import RunInference
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    times = []
-    for _ in range(repeats + 1):  # the first run warms up
-        options = PipelineOptions(["--runner=FnApiRunner", "--direct_num_workers=1"])
-        start = time.perf_counter()
-        with beam.Pipeline(options=options) as p:
-            _ = (
-                p
-                | "Impulse" >> beam.Impulse()
-                | "Examples" >> beam.FlatMap(lambda _: examples)
-                | "RunInference" >> RunInference(handler)
-                | "Drop" >> beam.Filter(lambda _: False)
-            )
-        times.append(time.perf_counter() - start)
-    return statistics.median(times[1:]) / len(examples) * 1e6
+    options = PipelineOptions(["--runner=FnApiRunner", "--direct_num_workers=1"])
+    start = time.perf_counter()
+    with beam.Pipeline(options=options) as p:
+        _ = (
+            p
+            | "Impulse" >> beam.Impulse()
+            | "Examples" >> beam.FlatMap(lambda _: examples)
+            | "RunInference" >> RunInference(handler)
+            | "Drop" >> beam.Filter(lambda _: False)
+        )
+    return time.perf_counter() - start
+
+
+def _pipeline_us(
+    handlers: Sequence[ModelHandler], examples: list[np.ndarray], repeats: int
+) -> list[float]:
+    """Median µs per element of each handler's pipeline; runs alternate, so load
+    from other processes on the machine hits both alike. The first round warms up."""
+    times: list[list[float]] = [[] for _ in handlers]
+    for _ in range(repeats + 1):
+        for i, handler in enumerate(handlers):
+            times[i].append(_pipeline_run_s(handler, examples))
+    return [statistics.median(t[1:]) / len(examples) * 1e6 for t in times]
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -137,8 +147,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         handler_beam = _per_element_us(
             lambda b: list(beam_tf.run_inference(b, beam_model)), batches, 5
         )
-        pipeline_noop = _pipeline_us(noop, examples, args.repeats)
-        pipeline_ours = _pipeline_us(ours, examples, args.repeats)
+        pipeline_noop, pipeline_ours = _pipeline_us([noop, ours], examples, args.repeats)
 
     import apache_beam
     import tensorflow as tf

@@ -20,8 +20,10 @@ no predictions at all. This handler works the same on both runners.
   corrupt model, unexpected exception) keeps the last good model and counts
   ``inference/model_load_errors``; the next poll tries again.
 * One model call per batch: the batch is stacked into one float32 array,
-  predicted by one call of the version's traced ``tf.function`` and returned
-  as numpy rows, so Beam's per-row TensorFlow output conversion is avoided.
+  predicted by one call and returned as numpy rows, so Beam's per-row
+  TensorFlow output conversion is avoided. The call is the version's traced
+  ``tf.function``, or, for a plain stack of Dense layers that agrees with it on
+  a probe batch, the same maths in numpy (``load_predict_fn``).
   Every ``PredictionResult`` carries the version that scored it as
   ``model_id``; a batch is always scored whole by one version. Beam itself
   records batch sizes and inference latency (``inference_batch_latency_micro_secs``).
@@ -143,8 +145,61 @@ class HotSwapModel:
         _LOG.info("Serving model version %s (was %s)", wanted, previous)
 
 
+_NUMPY_ACTIVATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "linear": lambda z: z,
+    "relu": lambda z: np.maximum(z, 0.0),
+    "sigmoid": lambda z: 1.0 / (1.0 + np.exp(-z)),
+    "tanh": np.tanh,
+}
+AGREEMENT_TOLERANCE = 1e-5
+
+
+def numpy_forward(model: Any) -> Predict | None:
+    """The model as a numpy forward pass if it is a plain stack of Dense layers.
+
+    Returns None for any other model (another layer type, activation or more
+    than one input/output). The caller must still check the result against the
+    model (``load_predict_fn`` does), which also catches a non-linear graph.
+    """
+    import keras
+
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        return None
+    steps: list[tuple[np.ndarray, np.ndarray | None, Callable]] = []
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.InputLayer):
+            continue
+        if type(layer) is not keras.layers.Dense:
+            return None
+        activation = _NUMPY_ACTIVATIONS.get(layer.get_config().get("activation"))
+        if activation is None:
+            return None
+        weights = [np.asarray(w, dtype=np.float32) for w in layer.get_weights()]
+        steps.append((weights[0], weights[1] if layer.use_bias else None, activation))
+    if not steps:
+        return None
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        x = batch
+        with np.errstate(over="ignore"):  # exp overflow in sigmoid gives the right limit
+            for kernel, bias, activation in steps:
+                x = x @ kernel
+                if bias is not None:
+                    x = x + bias
+                x = activation(x)
+        return x
+
+    return predict
+
+
 def load_predict_fn(registry: Any, version: str) -> Predict:
-    """Loads ``version``'s Keras model; returns one traced call per batch, numpy out.
+    """Loads ``version``'s Keras model; returns one call per batch, numpy out.
+
+    A plain stack of Dense layers is run as numpy matrix products (a TensorFlow
+    call costs ~0.5 ms per batch, about 8 µs per element at batch 64; the numpy
+    pass about 0.1 µs), but only if it agrees with the TensorFlow function on a
+    probe batch within ``AGREEMENT_TOLERANCE``. Any other model runs as one call
+    of a traced ``tf.function`` per batch.
 
     Args:
         registry: a ``model.registry.ModelRegistry``.
@@ -162,10 +217,20 @@ def load_predict_fn(registry: Any, version: str) -> Predict:
     # Traced once here; calling the concrete function skips tf.function's dispatch.
     concrete = serve.get_concrete_function()
 
-    def predict(batch: np.ndarray) -> np.ndarray:
+    def predict_tf(batch: np.ndarray) -> np.ndarray:
         return concrete(batch).numpy()
 
-    return predict
+    fast = numpy_forward(model)
+    if fast is None:
+        return predict_tf
+    probe = np.random.default_rng(0).normal(0.0, 3.0, (64, features)).astype(np.float32)
+    expected, got = predict_tf(probe), fast(probe)
+    if got.shape == expected.shape and np.allclose(
+        got, expected, rtol=1e-4, atol=AGREEMENT_TOLERANCE, equal_nan=True
+    ):
+        return fast
+    _LOG.warning("numpy forward pass disagrees with %s; using TensorFlow", version)
+    return predict_tf
 
 
 class RegistryModelHandler(ModelHandler[np.ndarray, PredictionResult, HotSwapModel]):

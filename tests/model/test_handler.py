@@ -332,3 +332,48 @@ def test_drill_nan_or_unloadable_candidates_are_rejected_and_serving_is_unaffect
     results = list(handler.run_inference(_batch(8), serving))
     assert {r.model_id for r in results} == {good}
     assert all(float(r.inference[0]) < 0.01 for r in results)
+
+
+def test_a_dense_stack_runs_as_numpy_and_agrees_with_tensorflow(two_versions):
+    from model.handler import load_predict_fn, numpy_forward
+    from model.keras_model import build_model
+
+    model = build_model(TRAFFIC, seed=4)
+    fast = numpy_forward(model)
+    assert fast is not None
+    x = np.stack(_batch(64))
+    np.testing.assert_allclose(fast(x), model.predict(x, verbose=0), rtol=1e-4, atol=1e-5)
+
+    registry, v_no, _ = two_versions
+    predict = load_predict_fn(registry, v_no)
+    assert predict(x).shape == (64, 1)
+    assert predict.__qualname__.startswith("numpy_forward")  # the fast path was chosen
+
+
+def test_other_models_run_through_tensorflow(tmp_path):
+    import keras
+
+    from model.features import feature_dim
+    from model.handler import load_predict_fn, numpy_forward
+    from model.registry import ModelRegistry
+
+    inputs = keras.Input(shape=(feature_dim(TRAFFIC),))
+    hidden = keras.layers.BatchNormalization()(keras.layers.Dense(4, activation="elu")(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(hidden))
+    assert numpy_forward(model) is None
+    registry = ModelRegistry(str(tmp_path / "registry"))
+    version = registry.publish(model, {"note": "not a plain dense stack"})
+    x = np.stack(_batch(8))
+    predict = load_predict_fn(registry, version)
+    assert predict.__qualname__.startswith("load_predict_fn")
+    np.testing.assert_allclose(predict(x), model.predict(x, verbose=0), rtol=1e-4, atol=1e-5)
+
+
+def test_a_numpy_pass_that_disagrees_falls_back_to_tensorflow(two_versions, monkeypatch):
+    from model import handler as handler_module
+
+    registry, v_no, _ = two_versions
+    monkeypatch.setattr(handler_module, "numpy_forward", lambda model: lambda x: x[:, :1] * 0 + 7)
+    predict = handler_module.load_predict_fn(registry, v_no)
+    assert predict.__qualname__.startswith("load_predict_fn")
+    assert float(predict(np.stack(_batch(2)))[0, 0]) < 0.01
