@@ -4,16 +4,19 @@ Two measurements on the traffic model (``model.keras_model.build_model``),
 published to a temporary local registry:
 
 * ``handler``: ``RegistryModelHandler.run_inference`` on 64-element batches
-  (one traced model call per batch, numpy rows out) against a no-op handler
-  that returns the same ``PredictionResult`` rows without a model; also Beam's
+  (one model call per batch, numpy rows out: the numpy path this Dense model
+  gets, and the traced TensorFlow path other models get) against a no-op
+  handler that returns the same ``PredictionResult`` rows without a model; also Beam's
   ``TFModelHandlerNumpy`` on the same model for comparison (one model call,
   then Beam converts the TensorFlow output row by row).
 * ``pipeline``: a batch pipeline ``Impulse | FlatMap(pre-built examples) |
   RunInference(handler, batch 64)`` on the FnApiRunner, against the same
   pipeline with the no-op handler, so source and runner costs cancel.
 
-Each figure is the median of ``--repeats`` runs (pipelines alternate, so a
-busy machine slows both alike). Results are printed and
+Times are CPU seconds of this process (``time.process_time``, all its threads;
+the FnApiRunner runs in-process), which other jobs on a shared machine disturb
+far less than wall time. Each figure is the median of ``--repeats`` runs
+(pipelines alternate, so drift hits both alike). Results are printed and
 written to ``benchmarks/results/inference_cost.json``.
 
     python -m benchmarks.inference_cost [--elements 12800] [--repeats 3]
@@ -47,7 +50,7 @@ class _NoModel:
 
 
 class NoOpHandler(ModelHandler[np.ndarray, PredictionResult, _NoModel]):
-    """Same batching and result rows as the registry handler, no model call."""
+    """Same batching, result rows and byte count as the registry handler, no model."""
 
     def __init__(self):
         super().__init__(min_batch_size=BATCH, max_batch_size=BATCH)
@@ -59,6 +62,9 @@ class NoOpHandler(ModelHandler[np.ndarray, PredictionResult, _NoModel]):
         self, batch: Sequence[np.ndarray], model: Any, inference_args: Any = None
     ) -> Iterable[PredictionResult]:
         return [PredictionResult(example, example[:1], "v") for example in batch]
+
+    def get_num_bytes(self, batch: Sequence[np.ndarray]) -> int:
+        return sum(np.asarray(example).nbytes for example in batch)  # as the registry's
 
 
 def _examples(n: int) -> list[np.ndarray]:
@@ -75,10 +81,10 @@ def _per_element_us(fn, batches: list[list[np.ndarray]], repeats: int) -> float:
     fn(batches[0])  # warm-up (tracing, first call)
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = time.process_time()
         for batch in batches:
             fn(batch)
-        times.append(time.perf_counter() - start)
+        times.append(time.process_time() - start)
     elements = sum(len(b) for b in batches)
     return statistics.median(times) / elements * 1e6
 
@@ -89,7 +95,7 @@ def _pipeline_run_s(handler: ModelHandler, examples: list[np.ndarray]) -> float:
     from apache_beam.options.pipeline_options import PipelineOptions
 
     options = PipelineOptions(["--runner=FnApiRunner", "--direct_num_workers=1"])
-    start = time.perf_counter()
+    start = time.process_time()
     with beam.Pipeline(options=options) as p:
         _ = (
             p
@@ -98,7 +104,7 @@ def _pipeline_run_s(handler: ModelHandler, examples: list[np.ndarray]) -> float:
             | "RunInference" >> RunInference(handler)
             | "Drop" >> beam.Filter(lambda _: False)
         )
-    return time.perf_counter() - start
+    return time.process_time() - start
 
 
 def _pipeline_us(
@@ -122,6 +128,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from apache_beam.ml.inference.tensorflow_inference import TFModelHandlerNumpy
 
     from dataset.config import load_config
+    from model import handler as handler_module
     from model.handler import RegistryModelHandler
     from model.keras_model import build_model
     from model.registry import ModelRegistry
@@ -144,6 +151,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
         handler_noop = _per_element_us(lambda b: list(noop.run_inference(b, None)), batches, 5)
         handler_ours = _per_element_us(lambda b: list(ours.run_inference(b, hot)), batches, 5)
+        # The same handler with the TensorFlow path (what a non-Dense model gets).
+        real_numpy_forward = handler_module.numpy_forward
+        handler_module.numpy_forward = lambda model: None
+        try:
+            hot_tf = ours.load_model()
+        finally:
+            handler_module.numpy_forward = real_numpy_forward
+        handler_tf = _per_element_us(lambda b: list(ours.run_inference(b, hot_tf)), batches, 5)
         handler_beam = _per_element_us(
             lambda b: list(beam_tf.run_inference(b, beam_model)), batches, 5
         )
@@ -158,8 +173,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "repeats": args.repeats,
         "handler_noop_us_per_element": round(handler_noop, 2),
         "handler_registry_us_per_element": round(handler_ours, 2),
+        "handler_registry_tf_path_us_per_element": round(handler_tf, 2),
         "handler_beam_tf_numpy_us_per_element": round(handler_beam, 2),
         "inference_us_per_element": round(handler_ours - handler_noop, 2),
+        "tf_path_added_us_per_element": round(handler_tf - handler_noop, 2),
         "beam_tf_numpy_added_us_per_element": round(handler_beam - handler_noop, 2),
         "pipeline_noop_us_per_element": round(pipeline_noop, 2),
         "pipeline_registry_us_per_element": round(pipeline_ours, 2),
