@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -660,3 +661,47 @@ def test_a_publisher_killed_mid_publish_leaves_nothing_visible_or_served(
         registry.promote(partial)
     assert registry.current_version() == good  # and never served
     assert registry.load_keras(good) is not None
+
+
+_PROMOTE_IN_TURN = """
+import os, sys, time
+from model.registry import ModelRegistry
+
+registry = ModelRegistry(sys.argv[1])
+go, versions = sys.argv[3], sys.argv[4:]
+open(go + "." + versions[0], "w").close()  # ready
+deadline = time.monotonic() + 120
+while not os.path.exists(go) and time.monotonic() < deadline:  # start together
+    time.sleep(0.01)
+for i in range(int(sys.argv[2])):
+    registry.promote(versions[i % len(versions)], reason="process " + versions[0][-6:])
+"""
+
+
+def test_two_writer_processes_keep_one_unbroken_chain(root, keras_model, tmp_path):
+    setup = ModelRegistry(root)
+    va, vb, vc, vd = (setup.publish(keras_model, _meta()) for _ in range(4))
+    rounds, go = 40, tmp_path / "go"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _PROMOTE_IN_TURN, root, str(rounds), str(go), *pair],
+            cwd=REPO,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+            stderr=subprocess.PIPE,
+        )
+        for pair in ((va, vb), (vc, vd))
+    ]
+    deadline = time.monotonic() + 120
+    while not all(Path(f"{go}.{v}").exists() for v in (va, vc)):
+        assert time.monotonic() < deadline, "writer processes did not start"
+        time.sleep(0.05)
+    go.touch()  # both are ready: they start promoting together
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err.decode()[-3000:]
+    events = setup.history()
+    assert len(events) >= rounds  # a promotion of the current version is a no-op
+    assert [e["sequence"] for e in events] == list(range(1, len(events) + 1))
+    for before, after in zip(events, events[1:], strict=False):
+        assert after["previous"] == before["version"], (before, after)  # no lost update
+    assert setup.current_pointer()["sequence"] == len(events)
