@@ -60,7 +60,7 @@ import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from model.storage import PreconditionFailed, Store, open_store
+from model.storage import PreconditionFailed, Store, is_remote, open_store
 
 if TYPE_CHECKING:  # keep ``import model.registry`` cheap: TF/Keras load on first use
     import keras
@@ -122,6 +122,11 @@ def _key(*parts: str) -> str:
     return "/".join(parts)
 
 
+def _child(path: str, name: str) -> str:
+    """``path/name`` for a local path or a ``gs://`` URI."""
+    return f"{path}/{name}" if is_remote(path) else os.path.join(path, name)
+
+
 @dataclasses.dataclass(frozen=True)
 class VersionInfo:
     """One complete model version.
@@ -151,20 +156,12 @@ class VersionInfo:
     @property
     def keras_path(self) -> str:
         """Path of the ``model.keras`` file."""
-        return (
-            f"{self.path}/{KERAS_FILE}"
-            if "://" in self.path
-            else os.path.join(self.path, KERAS_FILE)
-        )
+        return _child(self.path, KERAS_FILE)
 
     @property
     def saved_model_path(self) -> str:
         """Path of the ``saved_model`` directory."""
-        return (
-            f"{self.path}/{SAVED_MODEL_DIR}"
-            if "://" in self.path
-            else os.path.join(self.path, SAVED_MODEL_DIR)
-        )
+        return _child(self.path, SAVED_MODEL_DIR)
 
 
 class ModelRegistry:
