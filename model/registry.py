@@ -1,74 +1,66 @@
-"""A versioned model registry on a local directory or ``gs://`` bucket path.
+"""A versioned model registry on a local directory or a ``gs://`` bucket path.
 
-Every file operation goes through ``tf.io.gfile``, so the same code works on a
-local disk (the default, e.g. ``.local/registry``) and on Cloud Storage.
-Layout under the registry root::
+File operations go through ``model.storage``: plain files locally, the
+google-cloud-storage client for ``gs://`` roots (the same code path the tests
+run against a storage emulator). Layout under the registry root::
 
-    versions/<version>/model.keras      Keras 3 file (what Beam's TF model handler loads)
+    versions/<version>/model.keras      Keras 3 file (what the serving handler loads)
     versions/<version>/saved_model/     TF SavedModel, 'serving_default' signature
                                         (Keras ``Model.export``), for TF Serving / Vertex
     versions/<version>/metadata.json    version, created_at, dataset, training_data,
                                         metrics, status, reasons, parent_version, ...
     versions/<version>/_COMPLETE        written LAST; a version without it is invisible
-    CURRENT                             {"version", "updated_at", "reason", "previous"}
-    history/<time>-<hex>.json           one file per promotion / rollback event
+    CURRENT                             {"version", "updated_at", "reason", "previous",
+                                         "sequence"}
+    history/<sequence>-<time>-<hex>.json  one file per promotion / rollback event
 
-Publishing is crash-safe: the artifacts are written into
-``versions/.tmp-<uuid>/``, that directory is renamed to ``versions/<version>``
-and only then is ``_COMPLETE`` written. Readers ignore directories whose name
-starts with ``.`` and directories without the marker. (On GCS a directory
-rename copies object by object, which is why the marker comes last.)
+**Publishing is atomic for readers.** A version becomes visible only when its
+``_COMPLETE`` marker exists, and the marker is created (create-if-absent)
+after every other file. Locally the files are first copied into a hidden
+``versions/.tmp-<uuid>/`` directory that is renamed into place; on GCS they are
+uploaded object by object. A publisher killed at any point leaves at most a
+hidden or unmarked directory: readers skip it, ``get``/``promote`` refuse it,
+so it can never become ``CURRENT`` or be served.
 
-``CURRENT`` is replaced atomically: locally by writing a temporary file and
-renaming it over the old one; on GCS by a single-object write, which is
-atomic there. ``current_version()`` reads only that one small file, so a
-running pipeline can poll it every few seconds.
+**``CURRENT`` changes by compare-and-swap.** ``promote`` and ``rollback`` read
+``CURRENT`` with a token (its GCS generation; locally its bytes), decide, and
+write with that token as a precondition (GCS ``if_generation_match``; locally
+a compare under an exclusive ``flock`` followed by an atomic rename). If
+another writer got in between, the write is refused and the decision is
+re-made on the new state (up to ``CAS_ATTEMPTS`` times), so no update is
+lost. With ``if_current=`` the caller pins the state its decision was based
+on: when ``CURRENT`` differs, ``CurrentChanged`` is raised and nothing
+changes. That is how a rollback judged about v2 never moves a v3 promoted
+meanwhile. ``sequence`` counts the swaps; history events carry it, so the
+history orders events as ``CURRENT`` saw them.
 
-The history is one small JSON file per event instead of an appended
-``history.jsonl``: Cloud Storage objects cannot be appended to, and a
-read-modify-write of a shared log would lose events when two writers race.
-File names start with a UTC timestamp (microseconds), so listing them in name
-order gives the events oldest first. ``ModelRegistry.history()`` reads them.
+The history is one small JSON file per event: Cloud Storage objects cannot be
+appended to, and a read-modify-write of a shared log would lose events when two
+writers race. Version ids look like ``v20261123T183000Z-3f9a1c`` (UTC publish
+time and 6 random hex digits): unique, and they sort chronologically (a
+publisher moves the timestamp past the newest existing one if needed).
 
-Version ids look like ``v20261123T183000Z-3f9a1c`` (UTC publish time and 6 random
-hex digits): unique, and they sort chronologically. A publisher never issues an
-id whose timestamp is not later than the newest existing one (it moves the
-timestamp forward by a second if needed), so several publishes within one
-second still sort in publish order.
-
-CLI::
-
-    python -m model.registry --registry PATH list
-    python -m model.registry --registry PATH show VERSION
-    python -m model.registry --registry PATH current [--json]
-    python -m model.registry --registry PATH promote VERSION [--reason TEXT]
-    python -m model.registry --registry PATH rollback [--to VERSION] [--reason TEXT]
-    python -m model.registry --registry PATH set-status VERSION STATUS [--reason TEXT ...]
-    python -m model.registry --registry PATH history
-
-``--registry`` defaults to ``$MODEL_REGISTRY``. Errors (unknown version, empty
-registry, refused promotion) print ``error: ...`` and exit with status 2.
+The command line lives in ``model.registry_cli`` (``python -m model.registry``
+still works and runs it).
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import datetime as dt
-import glob
 import json
 import logging
 import os
-import posixpath
 import re
 import secrets
 import shutil
 import sys
 import tempfile
-import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
+
+from model.storage import PreconditionFailed, Store, is_remote, open_store
 
 if TYPE_CHECKING:  # keep ``import model.registry`` cheap: TF/Keras load on first use
     import keras
@@ -85,64 +77,23 @@ COMPLETE_MARKER = "_COMPLETE"
 METADATA_FILE = "metadata.json"
 KERAS_FILE = "model.keras"
 SAVED_MODEL_DIR = "saved_model"
-TMP_PREFIX = ".tmp-"
+CAS_ATTEMPTS = 20
+"""How often ``promote``/``rollback`` re-decide after losing a race on ``CURRENT``."""
 
 _VERSION_RE = re.compile(r"^v(\d{8}T\d{6}Z)-[0-9a-f]{6}$")
 _STAMP_FORMAT = "%Y%m%dT%H%M%SZ"
 
 
-class _LocalFS:
-    """The subset of ``tf.io.gfile`` the registry uses, for local paths.
-
-    Reading the registry (the pipeline's pointer polls, the run summary, the
-    CLI) then needs no TensorFlow import, which takes seconds.
-    """
-
-    GFile = staticmethod(open)
-    exists = staticmethod(os.path.exists)
-    glob = staticmethod(glob.glob)
-    isdir = staticmethod(os.path.isdir)
-    listdir = staticmethod(os.listdir)
-    remove = staticmethod(os.remove)
-    rmtree = staticmethod(shutil.rmtree)
-
-    @staticmethod
-    def makedirs(path: str) -> None:
-        os.makedirs(path, exist_ok=True)
-
-    @staticmethod
-    def rename(src: str, dst: str, overwrite: bool = False) -> None:
-        if not overwrite and os.path.exists(dst):
-            raise FileExistsError(dst)
-        os.replace(src, dst)
-
-    @staticmethod
-    def copy(src: str, dst: str, overwrite: bool = False) -> None:
-        if not overwrite and os.path.exists(dst):
-            raise FileExistsError(dst)
-        shutil.copyfile(src, dst)
+class CurrentChanged(RuntimeError):
+    """``CURRENT`` is not what the caller's decision was based on; nothing was changed."""
 
 
-def _is_remote(path: str) -> bool:
-    return "://" in path
+class _Unset:
+    def __repr__(self) -> str:
+        return "<unset>"
 
 
-def _gfile(root: str):
-    """File operations for ``root``: local ones, or ``tf.io.gfile`` for URLs (gs://)."""
-    if not _is_remote(root):
-        return _LocalFS
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow as tf
-
-    return tf.io.gfile
-
-
-def _not_found_error(root: str) -> type[Exception]:
-    if not _is_remote(root):
-        return FileNotFoundError
-    import tensorflow as tf
-
-    return tf.errors.NotFoundError
+_UNSET: Any = _Unset()
 
 
 def rfc3339(moment: dt.datetime) -> str:
@@ -167,12 +118,13 @@ def _dumps(document: Any, indent: int | None = 2) -> str:
     return json.dumps(document, indent=indent, sort_keys=False, default=_json_default)
 
 
-def _is_remote(path: str) -> bool:
-    return "://" in path
+def _key(*parts: str) -> str:
+    return "/".join(parts)
 
 
-def _join(*parts: str) -> str:
-    return posixpath.join(*parts) if _is_remote(parts[0]) else os.path.join(*parts)
+def _child(path: str, name: str) -> str:
+    """``path/name`` for a local path or a ``gs://`` URI."""
+    return f"{path}/{name}" if is_remote(path) else os.path.join(path, name)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -204,12 +156,12 @@ class VersionInfo:
     @property
     def keras_path(self) -> str:
         """Path of the ``model.keras`` file."""
-        return _join(self.path, KERAS_FILE)
+        return _child(self.path, KERAS_FILE)
 
     @property
     def saved_model_path(self) -> str:
         """Path of the ``saved_model`` directory."""
-        return _join(self.path, SAVED_MODEL_DIR)
+        return _child(self.path, SAVED_MODEL_DIR)
 
 
 class ModelRegistry:
@@ -218,14 +170,14 @@ class ModelRegistry:
     Args:
         root: the registry directory. It is created on the first publish; reading
             an absent registry behaves like reading an empty one.
+
+    Raises:
+        ValueError: for an empty root or an unsupported URL scheme.
     """
 
     def __init__(self, root: str):
-        root = os.fspath(root)
-        if not root:
-            raise ValueError("the registry root must not be empty")
-        self.root = root.rstrip("/") if _is_remote(root) else os.path.abspath(root)
-        self._remote = _is_remote(self.root)
+        self._store: Store = open_store(os.fspath(root))
+        self.root = self._store.root
 
     def __repr__(self) -> str:
         return f"ModelRegistry({self.root!r})"
@@ -233,24 +185,29 @@ class ModelRegistry:
     # ----------------------------------------------------------------- paths
 
     @property
+    def remote(self) -> bool:
+        """Whether the registry lives on Cloud Storage."""
+        return self._store.remote
+
+    @property
     def versions_dir(self) -> str:
-        return _join(self.root, VERSIONS_DIR)
+        return self._store.uri(VERSIONS_DIR)
 
     @property
     def history_dir(self) -> str:
-        return _join(self.root, HISTORY_DIR)
+        return self._store.uri(HISTORY_DIR)
 
     @property
     def current_file(self) -> str:
-        return _join(self.root, CURRENT_FILE)
+        return self._store.uri(CURRENT_FILE)
 
     def version_path(self, version: str) -> str:
         """The directory of ``version`` (whether or not it exists)."""
         _check_version_name(version)
-        return _join(self.versions_dir, version)
+        return self._store.uri(_key(VERSIONS_DIR, version))
 
     def keras_path(self, version: str) -> str:
-        """Path of ``version``'s ``model.keras`` (what Beam's TF model handler loads).
+        """Path of ``version``'s ``model.keras``.
 
         Raises:
             ValueError: if ``version`` is unknown or incomplete.
@@ -267,69 +224,23 @@ class ModelRegistry:
 
     # ------------------------------------------------------------ low level
 
-    def _read_text(self, path: str) -> str | None:
-        """A file's text, or None if it does not exist."""
-        try:
-            with _gfile(self.root).GFile(path, "r") as f:
-                return f.read()
-        except _not_found_error(self.root):
-            return None
-
-    def _write_atomic(self, path: str, text: str) -> None:
-        """Replaces ``path`` so readers see the old or the new content, never a part.
-
-        Locally: write a temporary file in the same directory, then rename it over
-        ``path``. On GCS: one object write (atomic there; a rename would be a copy).
-        """
-        gfile = _gfile(self.root)
-        if self._remote:
-            with gfile.GFile(path, "w") as f:
-                f.write(text)
-            return
-        directory, name = os.path.split(path)
-        tmp = os.path.join(directory, f".{name}{TMP_PREFIX}{uuid.uuid4().hex}")
-        try:
-            with gfile.GFile(tmp, "w") as f:
-                f.write(text)
-            gfile.rename(tmp, path, overwrite=True)
-        except BaseException:
-            with contextlib.suppress(Exception):
-                gfile.remove(tmp)
-            raise
-
-    def _copy_tree(self, local_dir: str, dest: str) -> None:
-        """Copies a local directory tree to ``dest`` (any gfile path)."""
-        gfile = _gfile(self.root)
-        for dirpath, _, filenames in os.walk(local_dir):
-            rel = os.path.relpath(dirpath, local_dir)
-            target = dest if rel == "." else _join(dest, *rel.split(os.sep))
-            gfile.makedirs(target)
-            for name in filenames:
-                gfile.copy(os.path.join(dirpath, name), _join(target, name), overwrite=True)
+    def _read_text(self, key: str) -> str | None:
+        data = self._store.read(key)
+        return None if data is None else data.decode("utf-8")
 
     def _version_dir_names(self) -> list[str]:
         """Names of all version directories (complete or not), excluding dot-dirs."""
-        gfile = _gfile(self.root)
-        if not gfile.isdir(self.versions_dir):
-            return []
-        names = (n.rstrip("/") for n in gfile.listdir(self.versions_dir))
+        names = self._store.list_names(VERSIONS_DIR)
         return sorted(n for n in names if n and not n.startswith("."))
 
     def _complete_names(self) -> list[str]:
         """Names of complete versions, sorted (= chronological)."""
-        gfile = _gfile(self.root)
-        if not gfile.isdir(self.versions_dir):
-            return []
-        pattern = _join(self.versions_dir, "*", COMPLETE_MARKER)
-        names = {
-            posixpath.basename(posixpath.dirname(p.replace(os.sep, "/")))
-            for p in gfile.glob(pattern)
-        }
+        names = self._store.dirs_with(VERSIONS_DIR, COMPLETE_MARKER)
         return sorted(n for n in names if n and not n.startswith("."))
 
     def _read_info(self, version: str) -> VersionInfo:
         path = self.version_path(version)
-        text = self._read_text(_join(path, METADATA_FILE))
+        text = self._read_text(_key(VERSIONS_DIR, version, METADATA_FILE))
         if text is None:
             raise ValueError(f"version {version} has no {METADATA_FILE} in {path}")
         metadata = json.loads(text)
@@ -353,29 +264,17 @@ class ModelRegistry:
         info = self.get(version)
         metadata = dict(info.metadata)
         metadata.update(changes)
-        self._write_atomic(_join(info.path, METADATA_FILE), _dumps(metadata))
+        key = _key(VERSIONS_DIR, version, METADATA_FILE)
+        self._store.write(key, _dumps(metadata).encode("utf-8"))
         return dataclasses.replace(info, metadata=metadata, status=str(metadata["status"]))
 
-    def _record(self, event: dict[str, Any]) -> None:
-        """Writes one history event file."""
-        gfile = _gfile(self.root)
-        gfile.makedirs(self.history_dir)
+    def _record(self, event: dict[str, Any], sequence: int) -> None:
+        """Writes one history event file (named by ``CURRENT``'s sequence)."""
         now = _utcnow()
-        name = f"{now.strftime('%Y%m%dT%H%M%S')}{now.microsecond:06d}Z-{secrets.token_hex(3)}.json"
-        event = {"at": rfc3339(now), **event}
-        with gfile.GFile(_join(self.history_dir, name), "w") as f:
-            f.write(_dumps(event, indent=None))
-
-    def _set_current(self, version: str, reason: str, previous: str | None) -> dict[str, Any]:
-        pointer = {
-            "version": version,
-            "updated_at": rfc3339(_utcnow()),
-            "reason": reason,
-            "previous": previous,
-        }
-        _gfile(self.root).makedirs(self.root)
-        self._write_atomic(self.current_file, _dumps(pointer))
-        return pointer
+        stamp = f"{now.strftime('%Y%m%dT%H%M%S')}{now.microsecond:06d}Z"
+        name = f"{sequence:012d}-{stamp}-{secrets.token_hex(3)}.json"
+        event = {"at": rfc3339(now), "sequence": sequence, **event}
+        self._store.create(_key(HISTORY_DIR, name), _dumps(event, indent=None).encode("utf-8"))
 
     def _check_promotable(self, version: str) -> VersionInfo:
         info = self.get(version)
@@ -383,6 +282,68 @@ class ModelRegistry:
             reasons = "; ".join(info.metadata.get("reasons") or []) or "no reason recorded"
             raise ValueError(f"version {version} is rejected ({reasons}); it cannot be promoted")
         return info
+
+    def _parse_pointer(self, data: bytes | None) -> dict[str, Any] | None:
+        if data is None:
+            return None
+        text = data.decode("utf-8")
+        try:
+            pointer = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{self.current_file} is not valid JSON: {e}") from e
+        if not isinstance(pointer, dict) or not pointer.get("version"):
+            raise ValueError(f"{self.current_file} has no version: {text[:200]!r}")
+        return pointer
+
+    def _swap_current(
+        self,
+        action: str,
+        decide: Callable[[str | None, dict[str, Any] | None], str | None],
+        reason: str,
+        if_current: Any,
+    ) -> dict[str, Any] | None:
+        """Compare-and-swap of ``CURRENT``; returns the new pointer (None: no change).
+
+        ``decide(current, pointer)`` returns the version to make current (or
+        None for no change); it is called again after a lost race, on the new
+        state. It may raise ``ValueError`` to refuse.
+        """
+        for _ in range(CAS_ATTEMPTS):
+            data, token = self._store.read_versioned(CURRENT_FILE)
+            pointer = self._parse_pointer(data)
+            current = None if pointer is None else str(pointer["version"])
+            if if_current is not _UNSET and current != if_current:
+                raise CurrentChanged(
+                    f"{action} refused: CURRENT is {current or 'empty'}, the caller expected "
+                    f"{if_current or 'empty'}; nothing was changed"
+                )
+            target = decide(current, pointer)
+            if target is None or target == current:
+                return None
+            sequence = int((pointer or {}).get("sequence") or 0) + 1
+            new = {
+                "version": target,
+                "updated_at": rfc3339(_utcnow()),
+                "reason": reason,
+                "previous": current,
+                "sequence": sequence,
+            }
+            payload = _dumps(new).encode("utf-8")
+            try:
+                self._store.write_if(CURRENT_FILE, payload, token)
+            except PreconditionFailed:
+                # A retried request may have landed our own write before the 412.
+                if self._store.read(CURRENT_FILE) != payload:
+                    logger.info("CURRENT changed during %s; deciding again", action)
+                    continue
+            self._record(
+                {"action": action, "version": target, "previous": current, "reason": reason},
+                sequence,
+            )
+            return new
+        raise CurrentChanged(
+            f"{action} gave up: CURRENT kept changing ({CAS_ATTEMPTS} attempts); nothing changed"
+        )
 
     # ------------------------------------------------------------- reading
 
@@ -397,11 +358,10 @@ class ModelRegistry:
             ValueError: if the version does not exist or its publish did not complete;
                 the message names the known versions.
         """
-        path = self.version_path(version)
-        gfile = _gfile(self.root)
-        if gfile.exists(_join(path, COMPLETE_MARKER)):
+        _check_version_name(version)
+        if self._store.exists(_key(VERSIONS_DIR, version, COMPLETE_MARKER)):
             return self._read_info(version)
-        if gfile.isdir(path):
+        if version in self._version_dir_names():
             raise ValueError(
                 f"version {version} is incomplete (no {COMPLETE_MARKER} marker: its publish "
                 f"did not finish) in registry {self.root}"
@@ -416,16 +376,7 @@ class ModelRegistry:
 
     def current_pointer(self) -> dict[str, Any] | None:
         """The parsed ``CURRENT`` file, or None if nothing was promoted yet."""
-        text = self._read_text(self.current_file)
-        if text is None:
-            return None
-        try:
-            pointer = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{self.current_file} is not valid JSON: {e}") from e
-        if not isinstance(pointer, dict) or not pointer.get("version"):
-            raise ValueError(f"{self.current_file} has no version: {text[:200]!r}")
-        return pointer
+        return self._parse_pointer(self._store.read(CURRENT_FILE))
 
     def current_version(self) -> str | None:
         """The current (serving) version id, or None. Reads one small file."""
@@ -442,44 +393,46 @@ class ModelRegistry:
         return None if version is None else self.get(version)
 
     def history(self) -> list[dict[str, Any]]:
-        """Promotion and rollback events, oldest first.
+        """Promotion and rollback events, in the order they changed ``CURRENT``.
 
         Each event has ``at`` (RFC 3339), ``action`` (``promote`` or ``rollback``),
-        ``version`` (the new current version), ``previous`` and ``reason``.
+        ``version`` (the new current version), ``previous``, ``reason`` and
+        ``sequence`` (events written before sequences existed sort first, by time).
         """
-        gfile = _gfile(self.root)
-        if not gfile.isdir(self.history_dir):
-            return []
         events = []
-        for name in sorted(n.rstrip("/") for n in gfile.listdir(self.history_dir)):
+        for name in self._store.list_names(HISTORY_DIR):
             if name.startswith(".") or not name.endswith(".json"):
                 continue
-            text = self._read_text(_join(self.history_dir, name))
+            text = self._read_text(_key(HISTORY_DIR, name))
             if text:
-                events.append(json.loads(text))
-        return events
+                events.append((name, json.loads(text)))
+        events.sort(key=lambda item: (int(item[1].get("sequence") or 0), item[0]))
+        return [event for _, event in events]
+
+    @contextlib.contextmanager
+    def local_artifacts(self, version: str) -> Iterator[str]:
+        """A local directory with ``version``'s files (``model.keras``, ``saved_model/``).
+
+        Locally this is the version's own directory; for ``gs://`` the objects are
+        downloaded into a temporary directory that is removed when the block ends.
+
+        Raises:
+            ValueError: if ``version`` is unknown or incomplete.
+        """
+        self.get(version)
+        with self._store.local_tree(_key(VERSIONS_DIR, version)) as path:
+            yield path
 
     def load_keras(self, version: str) -> keras.Model:
-        """Loads ``version``'s Keras model.
-
-        For remote registries the ``.keras`` file is first copied to a local
-        temporary file (Keras loads local files).
+        """Loads ``version``'s Keras model (downloaded first from ``gs://``).
 
         Raises:
             ValueError: if ``version`` is unknown or incomplete.
         """
         import keras
 
-        path = self.keras_path(version)
-        if not self._remote:
-            return keras.models.load_model(path)
-        tmp_dir = tempfile.mkdtemp(prefix="registry-")
-        try:
-            local = os.path.join(tmp_dir, KERAS_FILE)
-            _gfile(self.root).copy(path, local, overwrite=True)
-            return keras.models.load_model(local)
-        finally:
-            shutil.rmtree(tmp_dir, ignore_errors=True)
+        with self.local_artifacts(version) as path:
+            return keras.models.load_model(os.path.join(path, KERAS_FILE))
 
     # ------------------------------------------------------------- writing
 
@@ -489,11 +442,11 @@ class ModelRegistry:
         """Saves ``model`` as a new complete version and returns its id.
 
         Writes ``model.keras``, ``saved_model/`` (``Model.export``, with a
-        ``serving_default`` signature) and ``metadata.json`` into a hidden
-        temporary directory, renames it to the version's name, then writes
-        ``_COMPLETE``. The registry sets ``version``, ``created_at`` and
-        ``status`` in the metadata and fills ``parent_version`` (the current
-        version at publish time) and ``reasons`` (``[]``) unless given.
+        ``serving_default`` signature) and ``metadata.json``, then creates
+        ``_COMPLETE``; only then is the version visible. The registry sets
+        ``version``, ``created_at`` and ``status`` in the metadata and fills
+        ``parent_version`` (the current version at publish time) and ``reasons``
+        (``[]``) unless given.
 
         Args:
             model: a built Keras model.
@@ -510,9 +463,7 @@ class ModelRegistry:
         import keras
         import tensorflow as tf
 
-        gfile = _gfile(self.root)
         now = _utcnow()
-        gfile.makedirs(self.versions_dir)
         version = self._new_version_id(now)
         document = dict(metadata)
         document.update(
@@ -527,7 +478,7 @@ class ModelRegistry:
         text = _dumps(document)  # fail on unserializable metadata before writing anything
 
         staging = tempfile.mkdtemp(prefix="registry-publish-")
-        tmp_dir = _join(self.versions_dir, f"{TMP_PREFIX}{uuid.uuid4().hex}")
+        key = _key(VERSIONS_DIR, version)
         try:
             model.save(os.path.join(staging, KERAS_FILE))
             model.export(
@@ -535,14 +486,12 @@ class ModelRegistry:
             )
             with open(os.path.join(staging, METADATA_FILE), "w", encoding="utf-8") as f:
                 f.write(text)
-            self._copy_tree(staging, tmp_dir)
-            final = self.version_path(version)
-            gfile.rename(tmp_dir, final, overwrite=False)
-            with gfile.GFile(_join(final, COMPLETE_MARKER), "w") as f:
-                f.write(_dumps({"version": version, "completed_at": rfc3339(_utcnow())}))
+            self._store.put_tree(staging, key)
+            marker = {"version": version, "completed_at": rfc3339(_utcnow())}
+            self._store.create(_key(key, COMPLETE_MARKER), _dumps(marker).encode("utf-8"))
         except BaseException:
-            if gfile.exists(tmp_dir):
-                gfile.rmtree(tmp_dir)
+            with contextlib.suppress(Exception):
+                self._store.remove_tree(key)
             raise
         finally:
             shutil.rmtree(staging, ignore_errors=True)
@@ -576,27 +525,37 @@ class ModelRegistry:
             status_updated_at=rfc3339(_utcnow()),
         )
 
-    def promote(self, version: str, reason: str = "manual") -> None:
-        """Makes ``version`` the current one (atomic ``CURRENT`` replace) and logs it.
+    def promote(self, version: str, reason: str = "manual", *, if_current: Any = _UNSET) -> None:
+        """Makes ``version`` the current one (compare-and-swap on ``CURRENT``) and logs it.
 
         Promoting the version that is already current does nothing.
 
+        Args:
+            version: a complete, not rejected version.
+            reason: recorded in ``CURRENT`` and the history.
+            if_current: when given (a version id, or None for "nothing current
+                yet"), promote only if ``CURRENT`` still names it at the moment
+                of the swap.
+
         Raises:
             ValueError: if ``version`` is unknown, incomplete or rejected.
+            CurrentChanged: ``CURRENT`` is not ``if_current``, or it kept changing.
         """
         self._check_promotable(version)
-        previous = self.current_version()
-        if previous == version:
+        pointer = self._swap_current("promote", lambda current, _: version, reason, if_current)
+        if pointer is None:
             logger.info("%s is already the current version", version)
             return
-        self._set_current(version, reason, previous)
-        self._record(
-            {"action": "promote", "version": version, "previous": previous, "reason": reason}
-        )
         self._update_metadata(version, status="promoted", promoted_at=rfc3339(_utcnow()))
-        logger.info("promoted %s (previous: %s): %s", version, previous, reason)
+        logger.info("promoted %s (previous: %s): %s", version, pointer["previous"], reason)
 
-    def rollback(self, to_version: str | None = None, reason: str = "manual rollback") -> str:
+    def rollback(
+        self,
+        to_version: str | None = None,
+        reason: str = "manual rollback",
+        *,
+        if_current: Any = _UNSET,
+    ) -> str:
         """Points ``CURRENT`` back to an earlier version and returns it.
 
         Without ``to_version`` the target is the version that was current before
@@ -604,41 +563,51 @@ class ModelRegistry:
         were rolled back from, rejected or are incomplete. The version rolled back
         from gets status ``rolled-back``.
 
+        Args:
+            to_version: the version to return to (default: the previous one).
+            reason: recorded in ``CURRENT``, the history and the old version.
+            if_current: when given, roll back only if ``CURRENT`` still names this
+                version at the moment of the swap (the version that was judged).
+
         Raises:
             ValueError: if nothing is current, there is no earlier version to return
                 to, or ``to_version`` is unknown, incomplete or rejected.
+            CurrentChanged: ``CURRENT`` is not ``if_current``, or it kept changing.
         """
-        current = self.current_version()
-        if current is None:
-            raise ValueError(f"registry {self.root} has no current version to roll back from")
-        if to_version is None:
-            to_version = self._previous_version(current)
-            if to_version is None:
-                raise ValueError(
-                    f"no earlier version to roll back to from {current} (history has none "
-                    "that is complete and not rejected); pass one explicitly"
-                )
-        if to_version == current:
-            raise ValueError(f"{to_version} is already the current version")
-        self._check_promotable(to_version)
-        self._set_current(to_version, reason, current)
-        self._record(
-            {"action": "rollback", "version": to_version, "previous": current, "reason": reason}
-        )
-        self._update_metadata(to_version, status="promoted", promoted_at=rfc3339(_utcnow()))
+
+        def decide(current: str | None, pointer: dict[str, Any] | None) -> str:
+            if current is None:
+                raise ValueError(f"registry {self.root} has no current version to roll back from")
+            target = to_version
+            if target is None:
+                target = self._previous_version(current, pointer)
+                if target is None:
+                    raise ValueError(
+                        f"no earlier version to roll back to from {current} (history has none "
+                        "that is complete and not rejected); pass one explicitly"
+                    )
+            if target == current:
+                raise ValueError(f"{target} is already the current version")
+            self._check_promotable(target)
+            return target
+
+        pointer = self._swap_current("rollback", decide, reason, if_current)
+        assert pointer is not None  # decide never returns the current version
+        target, previous = pointer["version"], pointer["previous"]
+        self._update_metadata(target, status="promoted", promoted_at=rfc3339(_utcnow()))
         try:
             self._update_metadata(
-                current,
+                previous,
                 status="rolled-back",
                 reasons=[reason],
                 rolled_back_at=rfc3339(_utcnow()),
             )
         except ValueError:  # the old version vanished: nothing to mark
             pass
-        logger.info("rolled back from %s to %s: %s", current, to_version, reason)
-        return to_version
+        logger.info("rolled back from %s to %s: %s", previous, target, reason)
+        return target
 
-    def _previous_version(self, current: str) -> str | None:
+    def _previous_version(self, current: str, pointer: dict[str, Any] | None) -> str | None:
         """The version to roll back to from ``current``, following the history."""
         stack: list[str] = []
         for event in self.history():
@@ -652,8 +621,7 @@ class ModelRegistry:
                 stack.append(version)
         if not stack or stack[-1] != current:
             # History out of step with CURRENT (e.g. lost): trust CURRENT's "previous".
-            pointer = self.current_pointer() or {}
-            stack = [v for v in [pointer.get("previous"), current] if v]
+            stack = [v for v in [(pointer or {}).get("previous"), current] if v]
         known = set(self._complete_names())
         for candidate in reversed(stack[:-1]):
             if candidate == current or candidate not in known:
@@ -668,8 +636,6 @@ def _check_version_name(version: str) -> None:
     if not isinstance(version, str) or not version or "/" in version or version.startswith("."):
         raise ValueError(f"invalid version id {version!r}")
 
-
-# --------------------------------------------------------------------- CLI
 
 _METRIC_ORDER = ("accuracy", "auc", "log_loss", "base_rate", "mae", "rmse")
 
@@ -689,126 +655,7 @@ def format_metrics(metrics: dict[str, Any], limit: int = 4) -> str:
     return " ".join(parts) or "-"
 
 
-def format_table(infos: Sequence[VersionInfo], current: str | None) -> str:
-    """The ``list`` table: one row per version, the current one marked with ``*``."""
-    header = ("", "VERSION", "STATUS", "CREATED", "ROWS", "METRICS")
-    rows = [header]
-    for info in infos:
-        rows_trained = (info.metadata.get("training_data") or {}).get("rows")
-        rows.append(
-            (
-                "*" if info.version == current else "",
-                info.version,
-                info.status,
-                info.created_at or "-",
-                "-" if rows_trained is None else str(rows_trained),
-                format_metrics(info.metrics),
-            )
-        )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
-    lines = [
-        "  ".join(cell.ljust(w) for cell, w in zip(row[:-1], widths, strict=True)) + "  " + row[-1]
-        for row in rows
-    ]
-    return "\n".join(line.rstrip() for line in lines)
+if __name__ == "__main__":  # ``python -m model.registry ...``: the CLI
+    from model.registry_cli import run
 
-
-def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m model.registry", description="Inspect and manage the model registry."
-    )
-    parser.add_argument(
-        "--registry",
-        default=os.environ.get("MODEL_REGISTRY"),
-        help="registry root: a directory or gs://bucket/path (default: $MODEL_REGISTRY)",
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("list", help="list complete versions, oldest first (* = current)")
-    p = sub.add_parser("show", help="print a version's metadata and paths as JSON")
-    p.add_argument("version")
-    p = sub.add_parser("current", help="print the current version id")
-    p.add_argument("--json", action="store_true", help="print the whole CURRENT record")
-    p = sub.add_parser("promote", help="make a version current")
-    p.add_argument("version")
-    p.add_argument("--reason", default="manual")
-    p = sub.add_parser("rollback", help="return to the previous (or a given) version")
-    p.add_argument("--to", dest="to_version", default=None, metavar="VERSION")
-    p.add_argument("--reason", default="manual rollback")
-    p = sub.add_parser("set-status", help="set a version's status (e.g. rejected)")
-    p.add_argument("version")
-    p.add_argument("status", choices=[s for s in STATUSES if s != "promoted"])
-    p.add_argument("--reason", action="append", default=[], help="repeatable")
-    sub.add_parser("history", help="print promotion/rollback events, oldest first")
-    return parser
-
-
-class _CliError(Exception):
-    pass
-
-
-def _run(args: argparse.Namespace) -> None:
-    registry = ModelRegistry(args.registry)
-    out = sys.stdout
-    if args.command == "list":
-        infos = registry.versions()
-        if not infos:
-            raise _CliError(f"registry {registry.root} has no versions")
-        current = registry.current_version()
-        print(format_table(infos, current), file=out)
-        print(f"\n{len(infos)} version(s); current: {current or 'none'}", file=out)
-    elif args.command == "show":
-        info = registry.get(args.version)
-        document = {
-            "version": info.version,
-            "current": info.version == registry.current_version(),
-            "path": info.path,
-            "keras_path": info.keras_path,
-            "saved_model_path": info.saved_model_path,
-            "metadata": info.metadata,
-        }
-        print(_dumps(document), file=out)
-    elif args.command == "current":
-        pointer = registry.current_pointer()
-        if pointer is None:
-            raise _CliError(f"registry {registry.root} has no current version")
-        print(_dumps(pointer) if args.json else pointer["version"], file=out)
-    elif args.command == "promote":
-        previous = registry.current_version()
-        registry.promote(args.version, reason=args.reason)
-        print(f"current: {args.version} (was {previous or 'none'})", file=out)
-    elif args.command == "rollback":
-        previous = registry.current_version()
-        version = registry.rollback(args.to_version, reason=args.reason)
-        print(f"current: {version} (rolled back from {previous})", file=out)
-    elif args.command == "set-status":
-        info = registry.set_status(args.version, args.status, args.reason)
-        print(f"{info.version}: {info.status}", file=out)
-    elif args.command == "history":
-        events = registry.history()
-        if not events:
-            raise _CliError(f"registry {registry.root} has no promotion history")
-        for e in events:
-            print(
-                f"{e.get('at')}  {e.get('action'):<8}  {e.get('version')}  "
-                f"(previous: {e.get('previous') or 'none'})  {e.get('reason', '')}",
-                file=out,
-            )
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """CLI entry point; returns the exit status (2 for user errors)."""
-    parser = _build_parser()
-    args = parser.parse_args(argv)
-    if not args.registry:
-        parser.error("--registry is required (or set MODEL_REGISTRY)")
-    try:
-        _run(args)
-    except (_CliError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    sys.exit(main())
+    sys.exit(run())

@@ -23,6 +23,7 @@ import pytest
 from local import emulators
 from local.credentials import ENV_VAR as CREDENTIALS_ENV_VAR
 from local.credentials import ensure_fake_credentials
+from tests.gcs_fixtures import gcs_bucket, gcs_emulator  # noqa: F401 (fixtures)
 
 PROJECT = "local-project"
 

@@ -5,13 +5,14 @@ be loaded and served?) and an *Evaluator* with a baseline (``quality_check``:
 is it good enough, and not worse than the model serving now?).
 
 ``infra_check`` loads the version exactly as the consumers do: ``model.keras``
-through ``ModelRegistry.load_keras`` (what Beam's TF model handler loads) and
+through ``ModelRegistry.load_keras`` (what the serving model handler loads) and
 the SavedModel through ``tf.saved_model.load`` (what TF Serving / Vertex AI
-load), requires a ``serving_default`` signature, runs both on sample rows and
-checks the outputs are finite, of shape ``(n, 1)`` (or ``(n,)``), in [0, 1]
-for a classifier, and that the two artifacts agree. All of that must finish
-within ``time_limit_s``, or the gate fails (the load keeps running in a
-daemon thread, but the decision is made).
+load; a ``gs://`` registry's files are downloaded first), requires a
+``serving_default`` signature, runs both on sample rows and checks the
+outputs are finite, of shape ``(n, 1)`` (or ``(n,)``), in [0, 1] for a
+classifier, and that the two artifacts agree. All of that must finish within
+``time_limit_s``, or the gate fails (the load keeps running in a daemon thread,
+but the decision is made).
 
 ``quality_check`` compares metrics the caller computed on the *same* held-out
 rows for the candidate and the current model (``current_model_metrics``
@@ -41,6 +42,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+
+from model.registry import SAVED_MODEL_DIR
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -108,7 +111,9 @@ def _infra_steps(registry, version: str, x: np.ndarray, task: str | None) -> dic
 
     t0 = time.monotonic()
     try:
-        loaded = tf.saved_model.load(registry.saved_model_path(version))
+        # Through the registry's storage (gs:// is downloaded first), like the handler.
+        with registry.local_artifacts(version) as local:
+            loaded = tf.saved_model.load(os.path.join(local, SAVED_MODEL_DIR))
         details["saved_model_load_s"] = round(time.monotonic() - t0, 3)
         signatures = sorted(loaded.signatures.keys())
         details["signatures"] = signatures

@@ -3,10 +3,12 @@
 Each valid feature record is encoded with the same feature function the
 trainer uses (``model.features.encode_features``), predicted by
 ``RunInference`` with ``RegistryModelHandler`` (keyed, batched, hot-swapping)
-and written as a prediction row that carries the key, event time, model
-version and inference latency. Failed preprocessing or inference goes to the
-dead-letter table; before the first model exists, records are skipped and
-counted (``inference/examples_without_model``).
+and written as a prediction row that carries the key, event time and the model
+version that scored it (``PredictionResult.model_id``). Inference latency and
+batch sizes are Beam's own RunInference metrics; metric names are fixed (the
+version is in the rows, never in a metric name). Failed preprocessing or
+inference goes to the dead-letter table; before the first model exists,
+records are skipped and counted (``inference/examples_without_model``).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import traceback
 from typing import Any
 
 import apache_beam as beam
+import numpy as np
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import KeyedModelHandler, PredictionResult, RunInference
 from apache_beam.pvalue import TaggedOutput
@@ -24,7 +27,7 @@ from apache_beam.transforms.window import TimestampedValue
 from dataset.config import DatasetConfig
 from dataset.times import utc_iso
 from model.features import encode_features
-from model.handler import RegistryModelHandler, split_model_id
+from model.handler import RegistryModelHandler
 from transforms.validation import Record, dead_letter_row
 
 NAMESPACE = "inference"
@@ -51,10 +54,10 @@ def prediction_row(
     config: DatasetConfig, key: ExampleKey, result: PredictionResult, now: float | None = None
 ) -> dict[str, Any] | None:
     """A prediction-table row, or None when no model was available (cold start)."""
-    version, latency_ms = split_model_id(result.model_id)
+    version = result.model_id
     if version is None or result.inference is None:
         return None
-    value = float(getattr(result.inference, "numpy", lambda: result.inference)().reshape(-1)[0])
+    value = float(np.asarray(result.inference).reshape(-1)[0])
     example_id, entity, event_time = key[:3]
     predicted_label = None
     if config.label.task == "binary_classification":
@@ -68,7 +71,6 @@ def prediction_row(
         "prediction": value,
         "predicted_label": predicted_label,
         "model_version": version,
-        "inference_latency_ms": latency_ms,
         "predicted_at": utc_iso(now),
     }
 
@@ -88,7 +90,6 @@ class _FormatPredictionFn(beam.DoFn):
             return
         self._predictions.inc()
         self._lag.update(int((dt.datetime.now(dt.UTC).timestamp() - key[2]) * 1000))
-        Metrics.counter(NAMESPACE, f"predictions_by_version_{row['model_version']}").inc()
         # Batching may move timestamps; predictions live at their event time.
         yield TimestampedValue(row, key[2])
         label = key[3]
@@ -139,10 +140,13 @@ class PredictAndRecord(beam.PTransform):
 
     def handler(self) -> KeyedModelHandler:
         config = self._config
-        batching: dict[str, Any] = {"min_batch_size": 1, "max_batch_size": self._max_batch_size}
-        if self._max_batch_duration_secs:
-            batching["max_batch_duration_secs"] = self._max_batch_duration_secs
-        base = RegistryModelHandler(self._registry_root, self._poll_seconds, **batching)
+        base = RegistryModelHandler(
+            self._registry_root,
+            self._poll_seconds,
+            min_batch_size=1,
+            max_batch_size=self._max_batch_size,
+            max_batch_duration_secs=self._max_batch_duration_secs or None,
+        )
         return KeyedModelHandler(base).with_preprocess_fn(
             lambda element: (element[0], encode_features(element[1], config))
         )

@@ -1,4 +1,4 @@
-"""Tests of the versioned model registry (model/registry.py) and its CLI."""
+"""Tests of the versioned model registry (model/registry.py) and its CLI (registry_cli)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,10 @@ import dataclasses
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +22,8 @@ from model.registry import (
     ModelRegistry,
     VersionInfo,
     format_metrics,
-    main,
 )
+from model.registry_cli import main
 from simulator.traffic import TrafficSimulator
 
 TRAFFIC = load_config("configs/traffic.yaml")
@@ -108,20 +110,6 @@ def test_partial_versions_are_invisible(tmp_path, keras_model):
     with pytest.raises(ValueError, match="invalid version"):
         registry.get(".tmp-0123456789abcdef")
     assert registry.current_version() is None
-
-
-def test_a_failed_publish_leaves_nothing_visible(tmp_path, keras_model, monkeypatch):
-    registry = ModelRegistry(str(tmp_path))
-    from model import registry as registry_module
-
-    def broken_rename(*args, **kwargs):
-        raise OSError("simulated outage")
-
-    monkeypatch.setattr(registry_module._LocalFS, "rename", staticmethod(broken_rename))
-    with pytest.raises(OSError, match="simulated outage"):
-        registry.publish(keras_model, _meta())
-    assert registry.versions() == []
-    assert list((tmp_path / "versions").iterdir()) == []  # temporary directory removed
 
 
 def test_versions_sort_oldest_first_even_within_one_second(tmp_path, keras_model):
@@ -221,40 +209,40 @@ def test_promote_refuses_rejected_and_unknown_versions(tmp_path, keras_model):
 
 
 def test_current_pointer_is_replaced_by_rename(tmp_path, keras_model, monkeypatch):
-    from model import registry as registry_module
+    from model import storage as storage_module
 
     registry = ModelRegistry(str(tmp_path))
     a = registry.publish(keras_model, _meta())
     b = registry.publish(keras_model, _meta())
 
-    real_rename = registry_module._LocalFS.rename
+    real_replace = os.replace
     calls = []
 
-    def spy(src, dst, overwrite=False):
-        calls.append((src, dst, overwrite))
-        return real_rename(src, dst, overwrite=overwrite)
+    def spy(src, dst):
+        calls.append((str(src), str(dst)))
+        return real_replace(src, dst)
 
-    monkeypatch.setattr(registry_module._LocalFS, "rename", staticmethod(spy))
+    monkeypatch.setattr(storage_module.os, "replace", spy)
     registry.promote(a)
     current_file = str(tmp_path / "CURRENT")
-    renames = [(s, o) for s, d, o in calls if d == current_file]
-    assert len(renames) == 1
-    src, overwrite = renames[0]
-    assert os.path.dirname(src) == str(tmp_path) and os.path.basename(src).startswith(".")
-    assert overwrite
+    sources = [src for src, dst in calls if dst == current_file]
+    assert len(sources) == 1
+    assert os.path.dirname(sources[0]) == str(tmp_path)
+    assert os.path.basename(sources[0]).startswith(".")
 
     # A crash before the rename leaves the old pointer whole (and no temp file).
-    def crash(src, dst, overwrite=False):
-        if dst == current_file:
+    def crash(src, dst):
+        if str(dst) == current_file:
             raise OSError("crash before rename")
-        return real_rename(src, dst, overwrite=overwrite)
+        return real_replace(src, dst)
 
-    monkeypatch.setattr(registry_module._LocalFS, "rename", staticmethod(crash))
+    monkeypatch.setattr(storage_module.os, "replace", crash)
     with pytest.raises(OSError, match="crash before rename"):
         registry.promote(b)
     assert registry.current_version() == a
     assert json.loads((tmp_path / "CURRENT").read_text())["version"] == a
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["CURRENT", "history", "versions"]
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == [".lock", "CURRENT", "history", "versions"]
 
 
 def test_load_keras_roundtrip_gives_identical_predictions(tmp_path, keras_model, sample_batch):
@@ -264,11 +252,6 @@ def test_load_keras_roundtrip_gives_identical_predictions(tmp_path, keras_model,
 
     loaded = registry.load_keras(version)
     np.testing.assert_array_equal(loaded.predict(sample_batch, verbose=0), expected)
-
-    # The remote code path (copy to a local temp file first) gives the same model.
-    registry._remote = True
-    remote_loaded = registry.load_keras(version)
-    np.testing.assert_array_equal(remote_loaded.predict(sample_batch, verbose=0), expected)
 
 
 def test_saved_model_has_a_serving_default_signature(tmp_path, keras_model, sample_batch):
@@ -376,3 +359,349 @@ def test_format_metrics_orders_useful_metrics_first():
     text = format_metrics({"zeta": 1, "log_loss": 0.1234567, "accuracy": 0.9, "note": "x"})
     assert text == "accuracy=0.9 log_loss=0.1235 zeta=1"
     assert format_metrics({}) == "-"
+
+
+# ------------------------------------------------- both backends: local and gs://
+
+
+@pytest.fixture(params=["local", "gcs"])
+def root(request, tmp_path) -> str:
+    """A registry root on the local disk or on the storage emulator (gs://)."""
+    if request.param == "local":
+        return str(tmp_path / "registry")
+    return request.getfixturevalue("gcs_bucket") + "/models/registry"
+
+
+def _objects(root: str, under: str) -> list[str]:
+    """Every file (local) or object (gs://) below ``root/under``, relative to it."""
+    if not root.startswith("gs://"):
+        base = Path(root) / under
+        return sorted(str(p.relative_to(base)) for p in base.rglob("*") if p.is_file())
+    from google.cloud import storage
+
+    bucket, _, prefix = root[len("gs://") :].partition("/")
+    full = f"{prefix}/{under}/"
+    return sorted(b.name[len(full) :] for b in storage.Client().list_blobs(bucket, prefix=full))
+
+
+def test_gcs_registry_round_trip(gcs_bucket, keras_model, sample_batch):
+    root = f"{gcs_bucket}/registry"
+    registry = ModelRegistry(root)
+    assert registry.remote and registry.versions() == [] and registry.current_version() is None
+    a = registry.publish(keras_model, _meta())
+    b = registry.publish(keras_model, _meta(metrics={"accuracy": 0.95}))
+    assert [v.version for v in registry.versions()] == [a, b]
+    assert registry.get(b).path == f"{root}/versions/{b}"
+    assert registry.keras_path(a) == f"{root}/versions/{a}/model.keras"
+    files = _objects(root, f"versions/{a}")
+    assert {"model.keras", "metadata.json", COMPLETE_MARKER, "saved_model/saved_model.pb"} <= set(
+        files
+    )
+
+    registry.promote(a, reason="first")
+    registry.promote(b, reason="second")
+    assert registry.current_pointer()["previous"] == a
+    assert registry.rollback(reason="b is worse") == a
+    assert registry.get(b).status == "rolled-back"
+    assert [(e["action"], e["version"]) for e in registry.history()] == [
+        ("promote", a),
+        ("promote", b),
+        ("rollback", a),
+    ]
+    expected = keras_model.predict(sample_batch, verbose=0)
+    loaded = registry.load_keras(a)  # downloaded through google-cloud-storage
+    np.testing.assert_array_equal(loaded.predict(sample_batch, verbose=0), expected)
+    with registry.local_artifacts(a) as local:
+        assert os.path.isfile(os.path.join(local, "saved_model", "saved_model.pb"))
+    assert not os.path.exists(local)  # the download is removed afterwards
+
+
+def test_gcs_storage_refuses_a_stale_generation(gcs_bucket):
+    from model.storage import PreconditionFailed, open_store
+
+    store = open_store(f"{gcs_bucket}/s")
+    assert store.read_versioned("CURRENT") == (None, 0)
+    store.write_if("CURRENT", b"one", 0)
+    data, generation = store.read_versioned("CURRENT")
+    assert data == b"one" and generation > 0
+    with pytest.raises(PreconditionFailed):
+        store.write_if("CURRENT", b"two", 0)  # "must not exist yet"
+    store.write_if("CURRENT", b"two", generation)
+    with pytest.raises(PreconditionFailed):
+        store.write_if("CURRENT", b"three", generation)  # stale generation
+    assert store.read("CURRENT") == b"two"
+    store.create("marker", b"x")
+    with pytest.raises(FileExistsError):
+        store.create("marker", b"y")
+
+
+def _gate_first_read(registry: ModelRegistry, after_read) -> None:
+    """Makes ``registry``'s first read of CURRENT call ``after_read()`` once it has read."""
+    store = registry._store
+    real = store.read_versioned
+    gated = [True]
+
+    def read_versioned(key):
+        result = real(key)
+        if key == "CURRENT" and gated[0]:
+            gated[0] = False
+            after_read()
+        return result
+
+    store.read_versioned = read_versioned
+
+
+def _in_threads(*calls):
+    """Runs the callables on threads; returns their results or exceptions."""
+    import threading
+
+    results: list = [None] * len(calls)
+
+    def run(i, fn):
+        try:
+            results[i] = fn()
+        except Exception as e:  # noqa: BLE001 - returned to the test
+            results[i] = e
+
+    threads = [threading.Thread(target=run, args=(i, fn)) for i, fn in enumerate(calls)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not any(t.is_alive() for t in threads), "a writer hung"
+    return results
+
+
+def test_two_promotions_racing_lose_no_update(root, keras_model):
+    import threading
+
+    setup = ModelRegistry(root)
+    v1, v2, v3 = (setup.publish(keras_model, _meta()) for _ in range(3))
+    setup.promote(v1)
+    both_read = threading.Barrier(2, timeout=60)
+    writers = [ModelRegistry(root), ModelRegistry(root)]  # two independent clients
+    for writer in writers:
+        _gate_first_read(writer, both_read.wait)  # both decide on CURRENT == v1
+
+    results = _in_threads(lambda: writers[0].promote(v2), lambda: writers[1].promote(v3))
+    assert results == [None, None]
+    events = setup.history()
+    assert [e["action"] for e in events] == ["promote"] * 3
+    # A chain: each swap names the one before it as previous; none was overwritten.
+    assert events[0]["version"] == v1
+    assert {events[1]["version"], events[2]["version"]} == {v2, v3}
+    assert events[1]["previous"] == v1
+    assert events[2]["previous"] == events[1]["version"]
+    assert [e["sequence"] for e in events] == [1, 2, 3]
+    pointer = setup.current_pointer()
+    assert (pointer["version"], pointer["previous"]) == (events[2]["version"], events[1]["version"])
+
+
+def test_a_rollback_judged_on_v2_never_moves_a_v3_promoted_meanwhile(root, keras_model):
+    import threading
+
+    from model.registry import CurrentChanged
+
+    setup = ModelRegistry(root)
+    v1, v2, v3 = (setup.publish(keras_model, _meta()) for _ in range(3))
+    setup.promote(v1)
+    setup.promote(v2)
+    both_read = threading.Barrier(2, timeout=60)
+    promoted = threading.Event()
+    monitor, trainer = ModelRegistry(root), ModelRegistry(root)
+
+    def monitor_waits_for_the_promotion():
+        both_read.wait()
+        assert promoted.wait(timeout=60)
+
+    _gate_first_read(monitor, monitor_waits_for_the_promotion)
+    _gate_first_read(trainer, both_read.wait)
+
+    def promote_v3():
+        trainer.promote(v3, reason="trainer")
+        promoted.set()
+
+    results = _in_threads(
+        lambda: monitor.rollback(to_version=v1, reason="v2 is worse", if_current=v2), promote_v3
+    )
+    assert isinstance(results[0], CurrentChanged), results
+    assert f"CURRENT is {v3}" in str(results[0])
+    assert results[1] is None
+    assert setup.current_version() == v3
+    assert setup.get(v3).status == "promoted"
+    assert setup.get(v2).status == "promoted"  # not marked rolled-back either
+    assert [e["version"] for e in setup.history()] == [v1, v2, v3]
+
+
+def test_if_current_pins_the_state_a_decision_was_based_on(root, keras_model):
+    from model.registry import CurrentChanged
+
+    registry = ModelRegistry(root)
+    v1, v2 = (registry.publish(keras_model, _meta()) for _ in range(2))
+    with pytest.raises(CurrentChanged, match="CURRENT is empty"):
+        registry.promote(v1, if_current=v2)
+    registry.promote(v1, if_current=None)  # None: nothing current yet
+    with pytest.raises(CurrentChanged):
+        registry.promote(v2, if_current=None)
+    registry.promote(v2, if_current=v1)
+    with pytest.raises(CurrentChanged, match=f"CURRENT is {v2}"):
+        registry.rollback(if_current=v1)
+    assert registry.current_version() == v2 and len(registry.history()) == 2
+    assert registry.rollback(if_current=v2) == v1
+
+
+def test_an_injected_failure_between_file_writes_publishes_nothing(root, keras_model, monkeypatch):
+    from model import storage as storage_module
+
+    registry = ModelRegistry(root)
+    good = registry.publish(keras_model, _meta())
+    writes = [0]
+
+    def fail_on_the_third(real):
+        def write(*args, **kwargs):
+            writes[0] += 1
+            if writes[0] == 3:
+                raise OSError("simulated outage")
+            return real(*args, **kwargs)
+
+        return write
+
+    if registry.remote:
+        from google.cloud.storage import Blob
+
+        monkeypatch.setattr(
+            Blob, "upload_from_filename", fail_on_the_third(Blob.upload_from_filename)
+        )
+    else:
+        real_copytree = storage_module.shutil.copytree
+        failing_copy = fail_on_the_third(shutil.copy2)
+
+        def copytree(src, dst, *args, **kwargs):
+            if args:  # copytree's own recursion passes copy_function positionally
+                return real_copytree(src, dst, *args, **kwargs)
+            return real_copytree(src, dst, copy_function=failing_copy)
+
+        monkeypatch.setattr(storage_module.shutil, "copytree", copytree)
+    with pytest.raises(OSError, match="simulated outage"):
+        registry.publish(keras_model, _meta())
+    assert writes[0] >= 3  # (copytree goes on copying, then raises)
+    assert [v.version for v in registry.versions()] == [good]
+    assert registry._version_dir_names() == [good]
+    assert [n for n in _objects(root, "versions") if not n.startswith(good)] == []
+
+
+_PUBLISH_AND_HANG = """
+import os, sys, time
+from dataset.config import load_config
+from model.keras_model import build_model
+from model.registry import ModelRegistry
+
+registry, ready = ModelRegistry(sys.argv[1]), sys.argv[2]
+
+def hang():
+    open(ready, "w").close()
+    time.sleep(600)
+
+if registry.remote:  # killed between two object uploads
+    from google.cloud.storage import Blob
+    real, uploads = Blob.upload_from_filename, []
+    def upload(self, *args, **kwargs):
+        real(self, *args, **kwargs)
+        uploads.append(self.name)
+        if len(uploads) == 2:
+            hang()
+    Blob.upload_from_filename = upload
+else:  # killed after the files are in place, before the _COMPLETE marker
+    real_create = registry._store.create
+    def create(key, data):
+        if key.endswith("_COMPLETE"):
+            hang()
+        return real_create(key, data)
+    registry._store.create = create
+registry.publish(build_model(load_config("configs/traffic.yaml"), seed=1), {"note": "killed"})
+"""
+
+
+def test_a_publisher_killed_mid_publish_leaves_nothing_visible_or_served(
+    root, keras_model, tmp_path
+):
+    import signal
+    import time
+
+    registry = ModelRegistry(root)
+    good = registry.publish(keras_model, _meta())
+    registry.promote(good)
+    ready = tmp_path / "half-written"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _PUBLISH_AND_HANG, root, str(ready)],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while not ready.exists():
+            assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+            assert time.monotonic() < deadline, "the publisher never reached the kill point"
+            time.sleep(0.1)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        proc.stderr.close()
+
+    names = registry._version_dir_names()
+    assert len(names) == 2  # the half-written version is there ...
+    (partial,) = set(names) - {good}
+    assert _objects(root, f"versions/{partial}")  # ... with some of its files
+    assert [v.version for v in registry.versions()] == [good]  # ... but invisible
+    with pytest.raises(ValueError, match="incomplete"):
+        registry.get(partial)
+    with pytest.raises(ValueError, match="incomplete"):
+        registry.promote(partial)
+    assert registry.current_version() == good  # and never served
+    assert registry.load_keras(good) is not None
+
+
+_PROMOTE_IN_TURN = """
+import os, sys, time
+from model.registry import ModelRegistry
+
+registry = ModelRegistry(sys.argv[1])
+go, versions = sys.argv[3], sys.argv[4:]
+open(go + "." + versions[0], "w").close()  # ready
+deadline = time.monotonic() + 120
+while not os.path.exists(go) and time.monotonic() < deadline:  # start together
+    time.sleep(0.01)
+for i in range(int(sys.argv[2])):
+    registry.promote(versions[i % len(versions)], reason="process " + versions[0][-6:])
+"""
+
+
+def test_two_writer_processes_keep_one_unbroken_chain(root, keras_model, tmp_path):
+    setup = ModelRegistry(root)
+    va, vb, vc, vd = (setup.publish(keras_model, _meta()) for _ in range(4))
+    rounds, go = 40, tmp_path / "go"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _PROMOTE_IN_TURN, root, str(rounds), str(go), *pair],
+            cwd=REPO,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+            stderr=subprocess.PIPE,
+        )
+        for pair in ((va, vb), (vc, vd))
+    ]
+    deadline = time.monotonic() + 120
+    while not all(Path(f"{go}.{v}").exists() for v in (va, vc)):
+        assert time.monotonic() < deadline, "writer processes did not start"
+        time.sleep(0.05)
+    go.touch()  # both are ready: they start promoting together
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err.decode()[-3000:]
+    events = setup.history()
+    assert len(events) >= rounds  # a promotion of the current version is a no-op
+    assert [e["sequence"] for e in events] == list(range(1, len(events) + 1))
+    for before, after in zip(events, events[1:], strict=False):
+        assert after["previous"] == before["version"], (before, after)  # no lost update
+    assert setup.current_pointer()["sequence"] == len(events)

@@ -37,10 +37,19 @@ def _versions(client, dataset: str, prefix: str) -> dict[str, int]:
     return {r["model_version"]: r["n"] for r in rows}
 
 
+@pytest.fixture(params=["local", "gcs"])
+def registry_root(request, tmp_path) -> str:
+    """The registry on the local disk, or on the storage emulator (the pipeline
+    process inherits STORAGE_EMULATOR_HOST)."""
+    if request.param == "local":
+        return str(tmp_path / "registry")
+    return request.getfixturevalue("gcs_bucket") + "/registry"
+
+
 def test_promotion_and_rollback_reach_the_running_pipeline(
-    gcp_project, pubsub_emulator, bigquery_client, unique_name, tmp_path
+    gcp_project, pubsub_emulator, bigquery_client, unique_name, tmp_path, registry_root
 ):
-    registry = ModelRegistry(str(tmp_path / "registry"))
+    registry = ModelRegistry(registry_root)
     v1 = registry.publish(constant_model(-5.0), {"note": "v1"}, status="passed")
     v2 = registry.publish(constant_model(5.0), {"note": "v2"}, status="passed")
     registry.promote(v1)
@@ -57,14 +66,21 @@ def test_promotion_and_rollback_reach_the_running_pipeline(
         "--model_poll_seconds=1",
         f"--retrain_topic=projects/{gcp_project}/topics/{unique_name}-retrain",
     ) as proc:
+        probes = iter(range(1_000_000))
+
+        def serves(version: str) -> bool:
+            """Publishes one probe; whether any probe was scored by ``version`` yet."""
+            publish(gcp_project, unique_name, _batch(f"probe{next(probes)}-", 1))
+            return version in _versions(bigquery_client, unique_name, "probe")
+
         phases = [("a", None), ("b", v2), ("c", v1)]  # c: after a rollback to v1
         for prefix, change in phases:
             if change == v2:
-                registry.promote(v2, reason="test")
+                registry.promote(v2, reason="test", if_current=v1)
             elif change == v1:
-                registry.rollback(reason="test rollback")
-            if change is not None:
-                time.sleep(3)  # > poll interval: the next batch sees the new pointer
+                assert registry.rollback(reason="test rollback", if_current=v2) == v1
+            if change is not None:  # the pipeline has picked the change up
+                wait_until(lambda v=change: serves(v), timeout=120, proc=proc, log_path=log)
             publish(gcp_project, unique_name, _batch(prefix, 20))
             wait_until(
                 lambda p=prefix: (
@@ -83,7 +99,8 @@ def test_promotion_and_rollback_reach_the_running_pipeline(
     assert _versions(bigquery_client, unique_name, "a") == {v1: 20}
     assert _versions(bigquery_client, unique_name, "b") == {v2: 20}
     assert _versions(bigquery_client, unique_name, "c") == {v1: 20}
-    assert count(bigquery_client, unique_name, "predictions") == 60  # none lost or doubled
+    phase_rows = "NOT STARTS_WITH(example_id, 'probe')"
+    assert count(bigquery_client, unique_name, "predictions", phase_rows) == 60  # none lost
     labels = {
         r["example_id"]: r["predicted_label"]
         for r in bigquery_client.query(

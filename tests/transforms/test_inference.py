@@ -26,9 +26,10 @@ def constant_model(probability_logit: float):
     return model
 
 
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory):
-    reg = ModelRegistry(str(tmp_path_factory.mktemp("registry")))
+@pytest.fixture
+def registry(tmp_path):
+    """A fresh registry per test: v1 (always 0) current, v2 (always 1) published."""
+    reg = ModelRegistry(str(tmp_path / "registry"))
     v1 = reg.publish(constant_model(-5.0), {"note": "always no"}, status="passed")
     v2 = reg.publish(constant_model(5.0), {"note": "always yes"}, status="passed")
     reg.promote(v1)
@@ -69,21 +70,21 @@ def test_new_version_promoted_mid_stream_predicts_later_elements(registry):
         .add_elements([_record(i, T0 + 20 + i) for i in range(6, 12)])
         .advance_watermark_to_infinity()
     )
-    with TestPipeline(options=_options()) as p:
-        records = p | stream | beam.ParDo(_PromoteOnMarkerFn(reg.root, v2))
-        out = records | PredictAndRecord(TRAFFIC, reg.root, poll_seconds=0, max_batch_size=4)
-        assert_that(
-            out["predictions"]
-            | beam.Map(lambda r: (r["example_id"], r["model_version"], r["predicted_label"])),
-            equal_to(
-                [(f"m{i}", v1, 0) for i in range(5)]
-                + [("m5", v2, 1)]
-                + [(f"m{i}", v2, 1) for i in range(6, 12)]
-            ),
-            label="EveryElementOnceWithItsVersion",
-        )
-        assert_that(out["dead_letter"], equal_to([]), label="NoFailures")
-    reg.promote(v1)
+    p = TestPipeline(options=_options())
+    records = p | stream | beam.ParDo(_PromoteOnMarkerFn(reg.root, v2))
+    out = records | PredictAndRecord(TRAFFIC, reg.root, poll_seconds=0, max_batch_size=4)
+    assert_that(
+        out["predictions"]
+        | beam.Map(lambda r: (r["example_id"], r["model_version"], r["predicted_label"])),
+        equal_to(
+            [(f"m{i}", v1, 0) for i in range(5)]
+            + [("m5", v2, 1)]
+            + [(f"m{i}", v2, 1) for i in range(6, 12)]
+        ),
+        label="EveryElementOnceWithItsVersion",
+    )
+    assert_that(out["dead_letter"], equal_to([]), label="NoFailures")
+    p.run().wait_until_finish()
 
 
 def test_cold_start_skips_predictions_until_a_model_exists(tmp_path):
