@@ -329,6 +329,18 @@ def latest_run_statuses(
     return sorted(rows, key=lambda r: r["recorded_at"])
 
 
+def _newest_row(
+    client, table: str, where: str, param: tuple[str, str, Any], lookback_days: float
+) -> dict[str, Any] | None:
+    """The newest row (``status_order``) of ``table`` matching ``where`` in the lookback."""
+    rows = query_rows(
+        client,
+        f"SELECT * FROM `{table}` WHERE recorded_at >= @since AND {where}",
+        [("since", "TIMESTAMP", lookback_start(lookback_days)), param],
+    )
+    return max(rows, key=status_order) if rows else None
+
+
 def latest_run_status(
     client,
     project: str,
@@ -342,15 +354,9 @@ def latest_run_status(
     TIMESTAMP columns come back as UTC datetimes; ``metrics`` and
     ``gate_decisions`` are JSON strings as stored.
     """
-    sql = _LATEST_SQL.format(
-        table=runs_table(project, dataset, config), where="trigger_id = @trigger_id"
-    )
-    params = [
-        ("since", "TIMESTAMP", lookback_start(lookback_days)),
-        ("trigger_id", "STRING", trigger_id),
-    ]
-    rows = query_rows(client, sql, params)
-    return max(rows, key=status_order) if rows else None
+    table = runs_table(project, dataset, config)
+    param = ("trigger_id", "STRING", trigger_id)
+    return _newest_row(client, table, "trigger_id = @trigger_id", param, lookback_days)
 
 
 def run_for_version(
@@ -362,10 +368,6 @@ def run_for_version(
     lookback_days: float = DEFAULT_LOOKBACK_DAYS,
 ) -> dict[str, Any] | None:
     """The newest ``training_runs`` row that names ``version`` (the run that produced it)."""
-    rows = query_rows(
-        client,
-        f"SELECT * FROM `{runs_table(project, dataset, config)}` "
-        "WHERE recorded_at >= @since AND model_version = @version",
-        [("since", "TIMESTAMP", lookback_start(lookback_days)), ("version", "STRING", version)],
-    )
-    return max(rows, key=status_order) if rows else None
+    table = runs_table(project, dataset, config)
+    param = ("version", "STRING", version)
+    return _newest_row(client, table, "model_version = @version", param, lookback_days)

@@ -211,8 +211,10 @@ def test_restarted_launcher_reattaches_to_a_running_job(world, monkeypatch):
 # ----------------------------------------------------------------- races and drills
 
 
-def _crash_after_submit(launcher, monkeypatch):
-    """The launcher submits the job, then dies before it records the job's handle."""
+def _crash_after_submit(world, monkeypatch, trigger_id):
+    """A launcher takes the trigger, submits its job, then dies before recording the handle."""
+    world.publish(trigger_body(trigger_id), trigger_id=trigger_id)
+    launcher = world.make_launcher()
     submit = launcher.backend.submit
 
     def submit_then_crash(run, attempt_id=None):
@@ -220,6 +222,8 @@ def _crash_after_submit(launcher, monkeypatch):
         raise Crash(run.run_id)
 
     monkeypatch.setattr(launcher.backend, "submit", submit_then_crash)
+    with pytest.raises(Crash):
+        run_until(launcher, lambda s: False, timeout=20)
 
 
 def test_crash_between_submitting_and_handle_never_gives_two_trainers(world, monkeypatch):
@@ -231,11 +235,7 @@ def test_crash_between_submitting_and_handle_never_gives_two_trainers(world, mon
     """
     monkeypatch.setenv("FAKE_START_SECONDS", "2")
     monkeypatch.setenv("FAKE_TRAIN_SECONDS", "2")
-    world.publish(trigger_body("traffic-000011"), trigger_id="traffic-000011")
-    first = world.make_launcher()
-    _crash_after_submit(first, monkeypatch)
-    with pytest.raises(Crash):
-        run_until(first, lambda s: False, timeout=20)
+    _crash_after_submit(world, monkeypatch, "traffic-000011")
     assert _statuses(world, "traffic-000011") == ["queued", "submitting"]
 
     second = world.make_launcher()
@@ -251,11 +251,7 @@ def test_crash_between_submitting_and_handle_never_gives_two_trainers(world, mon
 
 def test_crash_after_submit_adopts_the_trainer_that_owns_the_run(world, monkeypatch):
     monkeypatch.setenv("FAKE_TRAIN_SECONDS", "3")
-    world.publish(trigger_body("traffic-000012"), trigger_id="traffic-000012")
-    first = world.make_launcher()
-    _crash_after_submit(first, monkeypatch)
-    with pytest.raises(Crash):
-        run_until(first, lambda s: False, timeout=20)
+    _crash_after_submit(world, monkeypatch, "traffic-000012")
     wait_for(lambda: world.trained("run-traffic-000012"), 20, "the first trainer to train")
 
     second = world.make_launcher()
