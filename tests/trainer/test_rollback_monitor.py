@@ -98,6 +98,21 @@ def test_summarize_quality_latest_pane_since_and_last_windows():
 
 # ----------------------------------------------------------------- the monitor (emulator)
 
+
+def test_a_first_version_is_not_judged(tmp_path):
+    from model.registry import ModelRegistry
+    from tests.transforms.test_inference import constant_model
+
+    registry = ModelRegistry(str(tmp_path / "registry"))
+    monitor = M.RollbackMonitor(TRAFFIC, registry, None, "p", "d")  # no query is made
+    assert monitor.check_once() is False  # nothing promoted yet
+    v1 = registry.publish(constant_model(0.0), {"dataset": "traffic"}, status="passed")
+    registry.promote(v1)
+    assert monitor.check_once() is False
+    assert monitor.stats["monitor"]["note"] == "no previous version to compare with"
+    assert monitor.stats["current_version"] == v1
+
+
 SAYS_YES, SAYS_NO = 5.0, -5.0  # logits of constant models: "congested" / "not congested"
 
 
