@@ -182,7 +182,7 @@ class JobSupervisor:
             found.append((run, record))
         return found
 
-    def _recover_unsubmitted(self, run: Run, record: Mapping[str, Any]) -> None:
+    def _recover_unsubmitted(self, run: Run) -> None:
         """A record written before the submit, without a handle: was the job started?"""
         latest = self.latest(run.trigger_id)
         if (latest or {}).get("status") in TERMINAL_STATUSES:
@@ -210,7 +210,7 @@ class JobSupervisor:
             adopted.add(run.run_id)
             attempt = record.get("attempt_id")
             if "kind" not in record:
-                self._recover_unsubmitted(run, record)
+                self._recover_unsubmitted(run)
                 continue
             handle = self.backend.reattach(record)
             if handle is None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 
 import pytest
 
@@ -276,3 +277,41 @@ def test_monitor_never_rolls_back_a_version_it_did_not_judge(judged):
     assert registry.get(v3).status == "promoted"
     assert monitor.stats["rollbacks"] == 0 and monitor.stats["rollbacks_skipped"] == 1
     assert "CURRENT changed" in monitor.stats["monitor"]["note"]
+
+
+def test_the_launcher_runs_the_monitor_and_reports_its_counts(tmp_path):
+    from trainer.backends.base import JobArgs
+    from trainer.backends.local import LocalProcessBackend
+    from trainer.launcher import Launcher
+
+    class Monitor:
+        stats = {"rollbacks": 2, "rollbacks_skipped": 1, "errors": 3, "current_version": "v9"}
+
+        def check_once(self):
+            return True
+
+    backend = LocalProcessBackend(JobArgs("c.yaml", "p", "d", str(tmp_path)), tmp_path)
+    args = (TRAFFIC, "p", "projects/p/subscriptions/s", "d", backend, None)
+    launcher = Launcher(*args, monitor=Monitor(), state_dir=tmp_path)
+    launcher.stats["errors"] = 1
+    assert launcher.monitor_once() is True
+    snapshot = launcher.snapshot()
+    assert snapshot["rollbacks"] == 2 and snapshot["rollbacks_skipped"] == 1
+    assert snapshot["current_version"] == "v9" and snapshot["errors"] == 4
+    quiet = Launcher(*args, state_dir=tmp_path)  # --no-monitor
+    assert quiet.monitor_once() is False
+    assert quiet.snapshot()["rollbacks"] == 0 and quiet.snapshot()["current_version"] is None
+
+
+@pytest.mark.emulators
+def test_monitor_cli_runs_for_a_duration_and_prints_its_stats(
+    bigquery_emulator, gcp_project, tmp_path, capsys
+):
+    args = ["--project", gcp_project, "--config", "configs/traffic.yaml", "--bq_dataset", "d"]
+    args += ["--registry", str(tmp_path / "registry"), "--monitor-seconds", "0.2"]
+    stats_file = tmp_path / "monitor.json"
+    assert M.main([*args, "--duration", "0.5", "--stats-file", str(stats_file)]) == 0
+    printed = capsys.readouterr().out.strip().splitlines()[-1]
+    assert json.loads(printed)["rollbacks"] == 0 and json.loads(printed)["errors"] == 0
+    assert json.loads(stats_file.read_text())["current_version"] is None  # nothing promoted
+    assert M.main([*args, "--lookback-days", "0"]) == 2
