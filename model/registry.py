@@ -123,13 +123,6 @@ class _LocalFS:
         shutil.copyfile(src, dst)
 
 
-class CurrentChanged(RuntimeError):
-    """TEMP stub (the registry branch has the real one): CURRENT is not ``if_current``."""
-
-
-_UNSET = object()
-
-
 def _is_remote(path: str) -> bool:
     return "://" in path
 
@@ -583,7 +576,7 @@ class ModelRegistry:
             status_updated_at=rfc3339(_utcnow()),
         )
 
-    def promote(self, version: str, reason: str = "manual", *, if_current=_UNSET) -> None:
+    def promote(self, version: str, reason: str = "manual") -> None:
         """Makes ``version`` the current one (atomic ``CURRENT`` replace) and logs it.
 
         Promoting the version that is already current does nothing.
@@ -592,7 +585,6 @@ class ModelRegistry:
             ValueError: if ``version`` is unknown, incomplete or rejected.
         """
         self._check_promotable(version)
-        _check_if_current(self, if_current)
         previous = self.current_version()
         if previous == version:
             logger.info("%s is already the current version", version)
@@ -604,9 +596,7 @@ class ModelRegistry:
         self._update_metadata(version, status="promoted", promoted_at=rfc3339(_utcnow()))
         logger.info("promoted %s (previous: %s): %s", version, previous, reason)
 
-    def rollback(
-        self, to_version: str | None = None, reason: str = "manual rollback", *, if_current=_UNSET
-    ) -> str:
+    def rollback(self, to_version: str | None = None, reason: str = "manual rollback") -> str:
         """Points ``CURRENT`` back to an earlier version and returns it.
 
         Without ``to_version`` the target is the version that was current before
@@ -618,7 +608,6 @@ class ModelRegistry:
             ValueError: if nothing is current, there is no earlier version to return
                 to, or ``to_version`` is unknown, incomplete or rejected.
         """
-        _check_if_current(self, if_current)
         current = self.current_version()
         if current is None:
             raise ValueError(f"registry {self.root} has no current version to roll back from")
@@ -673,14 +662,6 @@ class ModelRegistry:
                 continue
             return candidate
         return None
-
-
-def _check_if_current(registry: ModelRegistry, if_current) -> None:
-    """TEMP stub: a plain read-and-compare, not an atomic compare-and-swap."""
-    if if_current is not _UNSET and registry.current_version() != if_current:
-        raise CurrentChanged(
-            f"CURRENT is {registry.current_version()}, not {if_current}; nothing was changed"
-        )
 
 
 def _check_version_name(version: str) -> None:
