@@ -145,6 +145,7 @@ TRAINING_RUNS_SCHEMA: list[Field] = [
     _col("dataset", "STRING"),
     _col("backend", "STRING"),
     _col("status", "STRING", "REQUIRED"),
+    _col("seq", "INT64"),  # per-run order of the status rows (trainer.runs)
     _col("reason", "STRING"),
     _col("recorded_at", "TIMESTAMP", "REQUIRED"),
     _col("started_at", "TIMESTAMP"),

@@ -46,6 +46,7 @@ from pathlib import Path
 
 from local.credentials import ENV_VAR as CREDENTIALS_ENV_VAR
 from local.credentials import ensure_fake_credentials
+from trainer import processes
 
 logger = logging.getLogger(__name__)
 
@@ -345,16 +346,6 @@ def _state_paths(state_dir: Path, name: str) -> tuple[Path, Path, Path]:
     return state_dir / f"{name}.pid", state_dir / f"{name}.json", state_dir / f"{name}.log"
 
 
-def _proc_stat(pid: int) -> tuple[str, int] | None:
-    """(state letter, process group) of a process, from /proc; None if it is gone."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return None
-    fields = raw[raw.rfind(")") + 2 :].split()
-    return fields[0], int(fields[2])
-
-
 def _reap(pid: int) -> None:
     child = _CHILDREN.get(pid)
     if child is not None and child.poll() is not None:
@@ -362,54 +353,20 @@ def _reap(pid: int) -> None:
 
 
 def pid_alive(pid: int) -> bool:
-    """Whether a process exists and is not a zombie."""
+    """Whether a process exists and is not a zombie (reaps our own exited children)."""
     _reap(pid)
-    if Path("/proc").is_dir():
-        stat = _proc_stat(pid)
-        return stat is not None and stat[0] != "Z"
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return processes.pid_alive(pid)
 
 
 def group_alive(pgid: int) -> bool:
     """Whether any live (non-zombie) process is left in process group ``pgid``."""
     _reap(pgid)
-    proc = Path("/proc")
-    if proc.is_dir():
-        for entry in proc.iterdir():
-            if entry.name.isdigit():
-                stat = _proc_stat(int(entry.name))
-                if stat is not None and stat[1] == pgid and stat[0] != "Z":
-                    return True
-        return False
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
+    return processes.group_alive(pgid)
 
 
 def _is_our_emulator(info: EmulatorInfo) -> bool:
-    if not pid_alive(info.pid):
-        return False
-    if not Path("/proc").is_dir():
-        return True
-    cmd = _cmdline(info.pid)
-    return any(marker in cmd for marker in _CMDLINE_MARKERS.get(info.name, ()))
+    _reap(info.pid)
+    return processes.process_runs(info.pid, _CMDLINE_MARKERS.get(info.name, ()))
 
 
 def _tail(path: Path, lines: int = 30) -> str:
@@ -553,7 +510,7 @@ def stop_process(
             "pid %d is not %s any more (cmdline %r); not signalling it",
             info.pid,
             info.name,
-            _cmdline(info.pid),
+            processes.command_line(info.pid),
         )
         return False
     for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):

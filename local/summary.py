@@ -290,7 +290,7 @@ def retraining(ctx: SummaryContext) -> dict[str, Any]:
 
         statuses = final_statuses(
             ctx.query_rows(
-                f"SELECT run_id, status, recorded_at FROM `{ctx.table_id(t.training_runs)}`"
+                f"SELECT run_id, status, seq, recorded_at FROM `{ctx.table_id(t.training_runs)}`"
             )
         )
         out["training_runs"] = len(statuses)

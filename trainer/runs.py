@@ -1,9 +1,22 @@
-"""Training-run status rows and quarantine rows in BigQuery.
+"""Training-run status rows and quarantine rows in BigQuery: writes and the queries.
 
 ``training_runs`` is append-only: one row per status change of a run
-(``queued``, ``running``, ``succeeded``, ``rejected``, ``failed``); the latest
-row of a run is its state. The launcher writes ``queued`` and polls
-``latest_run_status``; the training job (``trainer.task``) writes the rest.
+(``queued``, ``submitting``, ``running``, ``succeeded``, ``rejected``,
+``failed``, later maybe ``rolled_back``); the newest row of a run is its state.
+The launcher writes ``queued`` and ``submitting`` (before it submits the job),
+the training job (``trainer.task``) writes ``running`` and its outcome.
+
+**Order.** Each row carries ``seq``, a per-run sequence number: a writer
+appends ``1 + the run's highest seq`` (``next_seq``). Rows are ordered by
+``seq``, then by the life-cycle rank of the status (for two rows given the same
+seq by writers that raced), then by ``recorded_at``. Wall clocks of different
+hosts never decide the order. ``status_order`` is that order, in Python;
+``_LATEST_SQL`` is the same order in SQL: one definition of "latest".
+
+**Partitions.** ``training_runs`` is partitioned by day on ``recorded_at``;
+every query here has a lower bound on it (``lookback_days``, default
+``DEFAULT_LOOKBACK_DAYS``), so BigQuery prunes older partitions. A run whose
+rows are all older than the lookback is not seen.
 
 Rows are checked and coerced against the table schema *before* the insert
 (``typed_row``): unknown columns and values of the wrong type raise
@@ -24,14 +37,23 @@ from typing import Any
 
 from dataset.config import DatasetConfig
 from dataset.tables import QUARANTINE_SCHEMA, TRAINING_RUNS_SCHEMA
-from trainer.data import rfc3339
+from dataset.times import rfc3339
 
 API_TIMEOUT_SECONDS = 30.0
-STATUSES = ("queued", "running", "succeeded", "rejected", "failed", "rolled_back")
+STATUSES = ("queued", "submitting", "running", "succeeded", "rejected", "failed", "rolled_back")
 TERMINAL_STATUSES = ("succeeded", "rejected", "failed")
-# Tie-break for rows of one trigger recorded in the same microsecond (other statuses,
-# e.g. the launcher's "rolled_back", come after the run's own).
-_STATUS_RANK = {"queued": 0, "running": 1, "succeeded": 2, "rejected": 2, "failed": 2}
+ROLLED_BACK = "rolled_back"
+DEFAULT_LOOKBACK_DAYS = 30.0
+# Second sort key, after seq: the life-cycle rank of a status.
+_STATUS_RANK = {
+    "queued": 0,
+    "submitting": 1,
+    "running": 2,
+    "succeeded": 3,
+    "rejected": 3,
+    "failed": 3,
+    "rolled_back": 4,
+}
 
 Field = Mapping[str, Any]
 
@@ -153,8 +175,9 @@ def record_run_status(client, table: str, row: Mapping[str, Any]) -> dict[str, A
         client: a ``google.cloud.bigquery.Client``.
         table: ``project.dataset.training_runs`` (use ``runs_table``).
         row: columns of ``TRAINING_RUNS_SCHEMA``; ``run_id``, ``trigger_id`` and
-            ``status`` are required, ``recorded_at`` defaults to now. ``metrics``
-            and ``gate_decisions`` may be dicts (JSON encoded here).
+            ``status`` are required, ``recorded_at`` defaults to now and ``seq``
+            to ``next_seq`` (one query). ``metrics`` and ``gate_decisions`` may
+            be dicts (JSON encoded here).
 
     Returns:
         The row as inserted.
@@ -168,7 +191,9 @@ def record_run_status(client, table: str, row: Mapping[str, Any]) -> dict[str, A
             f"status: expected one of {', '.join(STATUSES)}, got {document.get('status')!r}"
         )
     document.setdefault("recorded_at", utcnow())
-    typed = typed_row(document, TRAINING_RUNS_SCHEMA)
+    typed = typed_row(document, TRAINING_RUNS_SCHEMA)  # check before the seq query
+    if document.get("seq") is None:
+        typed["seq"] = next_seq(client, table, str(document["run_id"]))
     insert_typed_rows(client, table, [typed], TRAINING_RUNS_SCHEMA)
     return typed
 
@@ -185,6 +210,7 @@ def record_quarantine(client, table: str, rows: Iterable[Mapping[str, Any]]) -> 
 
 
 def runs_table(project: str, dataset: str, config: DatasetConfig) -> str:
+    """``project.dataset.training_runs``."""
     return f"{project}.{dataset}.{config.tables.training_runs}"
 
 
@@ -192,65 +218,156 @@ def quarantine_table(project: str, dataset: str, config: DatasetConfig) -> str:
     return f"{project}.{dataset}.{config.tables.data_quarantine}"
 
 
-def _status_order(row: Mapping[str, Any]) -> tuple:
-    return row["recorded_at"], _STATUS_RANK.get(row["status"], 3)
+# ---------------------------------------------------------------- order and queries
 
 
-def _status_rows(client, sql: str, params: list) -> list[dict[str, Any]]:
+def status_order(row: Mapping[str, Any]) -> tuple:
+    """The sort key of a status row: ``seq``, then life-cycle rank, then ``recorded_at``.
+
+    Rows without ``seq`` (written before it existed) count as seq 0.
+    """
+    return (
+        int(row.get("seq") or 0),
+        _STATUS_RANK.get(row["status"], len(_STATUS_RANK)),
+        row.get("recorded_at") or dt.datetime.min.replace(tzinfo=dt.UTC),
+    )
+
+
+_RANK_SQL = (
+    "CASE status "
+    + " ".join(f"WHEN '{s}' THEN {r}" for s, r in _STATUS_RANK.items())
+    + f" ELSE {len(_STATUS_RANK)} END"
+)
+# The newest row per run, in the order of ``status_order``.
+_LATEST_SQL = (
+    "SELECT * EXCEPT(_rn) FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY run_id "
+    f"ORDER BY IFNULL(seq, 0) DESC, {_RANK_SQL} DESC, recorded_at DESC) AS _rn "
+    "FROM `{table}` WHERE recorded_at >= @since AND {where}) WHERE _rn = 1"
+)
+
+
+def lookback_start(lookback_days: float = DEFAULT_LOOKBACK_DAYS) -> dt.datetime:
+    """The lower bound of partition-pruned queries: now minus ``lookback_days``."""
+    if not lookback_days > 0:
+        raise ValueError(f"lookback_days must be positive, got {lookback_days}")
+    return utcnow() - dt.timedelta(days=lookback_days)
+
+
+def query_rows(client, sql: str, params: Sequence[tuple[str, str, Any]] = ()) -> list[dict]:
+    """Runs a parameterized query; ``params`` are ``(name, type, value)``."""
     from google.cloud import bigquery
 
-    job = client.query(sql, job_config=bigquery.QueryJobConfig(query_parameters=params))
-    rows = [dict(r) for r in job.result(timeout=API_TIMEOUT_SECONDS)]
-    rows.sort(key=_status_order)
-    return rows
+    job_config = bigquery.QueryJobConfig(
+        query_parameters=[bigquery.ScalarQueryParameter(n, t, v) for n, t, v in params]
+    )
+    job = client.query(sql, job_config=job_config, timeout=API_TIMEOUT_SECONDS)
+    return [dict(row) for row in job.result(timeout=API_TIMEOUT_SECONDS)]
+
+
+def next_seq(client, table: str, run_id: str, lookback_days: float = DEFAULT_LOOKBACK_DAYS) -> int:
+    """1 + the highest ``seq`` recorded for ``run_id`` (1 for a new run)."""
+    rows = query_rows(
+        client,
+        f"SELECT MAX(seq) AS seq FROM `{table}` WHERE recorded_at >= @since AND run_id = @run_id",
+        [("since", "TIMESTAMP", lookback_start(lookback_days)), ("run_id", "STRING", run_id)],
+    )
+    return int((rows[0].get("seq") if rows else None) or 0) + 1
 
 
 def final_statuses(rows: Iterable[Mapping[str, Any]]) -> dict[str, str]:
-    """Each run's newest status, from status rows with ``run_id``, ``status``, ``recorded_at``.
+    """Each run's newest status, from status rows with ``run_id``, ``status``, ``seq``.
 
-    The table is append-only (queued, running, then a terminal status, maybe
-    ``rolled_back`` later), so a run's state is its newest row; rows recorded in
-    the same microsecond are ordered as in ``latest_run_status``.
+    The newest by ``status_order``: the table is append-only (queued,
+    submitting, running, then a terminal status, maybe ``rolled_back`` later).
     """
     latest: dict[str, Mapping[str, Any]] = {}
     for row in rows:
         seen = latest.get(row["run_id"])
-        if seen is None or _status_order(row) >= _status_order(seen):
+        if seen is None or status_order(row) >= status_order(seen):
             latest[row["run_id"]] = row
     return {run_id: row["status"] for run_id, row in latest.items()}
 
 
 def run_history(
-    client, project: str, dataset: str, config: DatasetConfig, run_id: str
+    client,
+    project: str,
+    dataset: str,
+    config: DatasetConfig,
+    run_id: str,
+    lookback_days: float = DEFAULT_LOOKBACK_DAYS,
 ) -> list[dict[str, Any]]:
     """Every status row of one run, oldest first (TIMESTAMPs as datetimes)."""
-    from google.cloud import bigquery
-
     table = runs_table(project, dataset, config)
-    return _status_rows(
+    rows = query_rows(
         client,
-        f"SELECT * FROM `{table}` WHERE run_id = @run_id",
-        [bigquery.ScalarQueryParameter("run_id", "STRING", run_id)],
+        f"SELECT * FROM `{table}` WHERE recorded_at >= @since AND run_id = @run_id",
+        [("since", "TIMESTAMP", lookback_start(lookback_days)), ("run_id", "STRING", run_id)],
     )
+    return sorted(rows, key=status_order)
+
+
+def latest_run_statuses(
+    client,
+    project: str,
+    dataset: str,
+    config: DatasetConfig,
+    statuses: Sequence[str] = (),
+    lookback_days: float = DEFAULT_LOOKBACK_DAYS,
+) -> list[dict[str, Any]]:
+    """The newest row of every run of this dataset, optionally only those in ``statuses``.
+
+    Ordered by ``recorded_at`` of that row.
+    """
+    sql = _LATEST_SQL.format(table=runs_table(project, dataset, config), where="dataset = @dataset")
+    params = [
+        ("since", "TIMESTAMP", lookback_start(lookback_days)),
+        ("dataset", "STRING", config.name),
+    ]
+    rows = query_rows(client, sql, params)
+    if statuses:
+        rows = [r for r in rows if r["status"] in statuses]
+    return sorted(rows, key=lambda r: r["recorded_at"])
+
+
+def _newest_row(
+    client, table: str, where: str, param: tuple[str, str, Any], lookback_days: float
+) -> dict[str, Any] | None:
+    """The newest row (``status_order``) of ``table`` matching ``where`` in the lookback."""
+    rows = query_rows(
+        client,
+        f"SELECT * FROM `{table}` WHERE recorded_at >= @since AND {where}",
+        [("since", "TIMESTAMP", lookback_start(lookback_days)), param],
+    )
+    return max(rows, key=status_order) if rows else None
 
 
 def latest_run_status(
-    client, project: str, dataset: str, config: DatasetConfig, trigger_id: str
+    client,
+    project: str,
+    dataset: str,
+    config: DatasetConfig,
+    trigger_id: str,
+    lookback_days: float = DEFAULT_LOOKBACK_DAYS,
 ) -> dict[str, Any] | None:
-    """The newest status row recorded for ``trigger_id``, or None.
+    """The newest status row recorded for ``trigger_id`` (by ``status_order``), or None.
 
-    The newest by ``recorded_at``; rows recorded in the same microsecond are
-    ordered queued < running < terminal < others (e.g. ``rolled_back``).
     TIMESTAMP columns come back as UTC datetimes; ``metrics`` and
     ``gate_decisions`` are JSON strings as stored.
     """
-    from google.cloud import bigquery
-
     table = runs_table(project, dataset, config)
-    rows = _status_rows(
-        client,
-        f"SELECT * FROM `{table}` WHERE trigger_id = @trigger_id "
-        "ORDER BY recorded_at DESC LIMIT 20",
-        [bigquery.ScalarQueryParameter("trigger_id", "STRING", trigger_id)],
-    )
-    return rows[-1] if rows else None
+    param = ("trigger_id", "STRING", trigger_id)
+    return _newest_row(client, table, "trigger_id = @trigger_id", param, lookback_days)
+
+
+def run_for_version(
+    client,
+    project: str,
+    dataset: str,
+    config: DatasetConfig,
+    version: str,
+    lookback_days: float = DEFAULT_LOOKBACK_DAYS,
+) -> dict[str, Any] | None:
+    """The newest ``training_runs`` row that names ``version`` (the run that produced it)."""
+    table = runs_table(project, dataset, config)
+    param = ("version", "STRING", version)
+    return _newest_row(client, table, "model_version = @version", param, lookback_days)

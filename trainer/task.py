@@ -6,13 +6,16 @@ module of a Vertex AI CustomJob (``--backend vertex``; then ``--config`` and
 
     python -m trainer.task --config configs/traffic.yaml --project P --bq_dataset D \\
         --registry PATH --run-id RID --trigger-id TID [--backend local] [--rows N] \\
+        [--attempt-id ID] \\
         [--epochs 8] [--seed 0] [--min-rows 200] [--start T] [--end T] \\
         [--training-file FILE.jsonl] [--metadata JSON] \\
         [--block-on-drift] [--drift-block-threshold 0.75|none] [--infra-time-limit 30]
 
 Steps (each prints a ``[trainer] ...`` progress line):
 
-1. record ``running`` in ``training_runs``;
+1. claim the run (``trainer.claims``: an exclusive claim file in the registry).
+   If another trainer owns it: print ``refused``, record nothing, exit 75
+   (``claims.REFUSED_EXIT_CODE``). Then record ``running`` in ``training_runs``;
 2. read the training window (``trainer.data.read_training_window``: the newest
    ``--rows`` rows, default ``retraining.training_window_rows``, deduplicated);
    with ``--training-file`` the same window comes from a JSON Lines file of
@@ -56,8 +59,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from dataset.config import DatasetConfig, load_config
+from trainer import claims, runs
 from trainer import data as data_lib
-from trainer import runs
 from trainer.validation import DRIFT_BLOCK_THRESHOLD, MIN_ROWS
 
 EARLY_STOPPING_FRACTION = 0.1
@@ -91,6 +94,7 @@ class TaskOptions:
     infra_time_limit_s: float = 30.0
     training_file: str | None = None
     metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
+    attempt_id: str | None = None  # the launcher's submission (trainer.claims)
 
 
 class _Run:
@@ -203,6 +207,8 @@ def run_task(
     if state is not None:
         run.fields = state
     table = runs.runs_table(opts.project, opts.bq_dataset, config)
+    # One trainer per run: raises RunOwnedElsewhere if another trainer claimed it.
+    claims.claim(registry.root, opts.run_id, opts.attempt_id, backend=opts.backend)
     runs.record_run_status(client, table, run.row("running"))
     _say(f"run {opts.run_id} (trigger {opts.trigger_id}, backend {opts.backend}): running")
     task = config.label.task
@@ -496,6 +502,7 @@ def build_parser() -> argparse.ArgumentParser:
         default={},
         help="a JSON object added to the version's metadata (e.g. where the data came from)",
     )
+    p.add_argument("--attempt-id", help="the launcher's submission id, recorded in the run's claim")
     return p
 
 
@@ -529,6 +536,7 @@ def options_from_args(args: argparse.Namespace) -> TaskOptions:
         infra_time_limit_s=args.infra_time_limit,
         training_file=args.training_file,
         metadata=dict(args.metadata),
+        attempt_id=args.attempt_id,
     )
 
 
@@ -562,6 +570,10 @@ def main(argv: Sequence[str] | None = None, client=None) -> int:
         summary = run_task(opts, config, client, ModelRegistry(opts.registry), state)
         print(json.dumps(summary, default=str), flush=True)
         return 0
+    except claims.RunOwnedElsewhere as e:  # not ours: record nothing, train nothing
+        _say(f"refused: {e}")
+        print(json.dumps({"run_id": opts.run_id, "status": "refused", "error": str(e)}), flush=True)
+        return claims.REFUSED_EXIT_CODE
     except Exception as e:  # noqa: BLE001 - every failure is recorded, then exit 1
         error = f"{type(e).__name__}: {e}"
         trace = traceback.format_exc()

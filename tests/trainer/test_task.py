@@ -223,7 +223,8 @@ def test_training_runs_promote_then_reject_invalid_data(
         code = main(_args(dataset, str(not_a_dir), "run3", gcp_project), client=bigquery_client)
         assert code == 1 and _last_json(capsys)["status"] == "failed"
         history = runs.run_history(bigquery_client, gcp_project, dataset, TRAFFIC, "run3")
-        assert [r["status"] for r in history] == ["running", "failed"]
+        # The run's claim (a file in the registry) fails before "running" is recorded.
+        assert [r["status"] for r in history] == ["failed"]
         assert history[-1]["error"] and history[-1]["reason"]
     finally:
         bigquery_client.delete_dataset(dataset, delete_contents=True, not_found_ok=True)

@@ -1,0 +1,1 @@
+"""Where training jobs run: ``local`` processes or Vertex AI CustomJobs."""
