@@ -165,6 +165,16 @@ def training_rows(
         )
 
 
+class _SeqResult:
+    """The result of ``RunLog.query``: one row with the run's highest ``seq``."""
+
+    def __init__(self, seq: int) -> None:
+        self.seq = seq
+
+    def result(self, **_: Any) -> list[dict[str, int]]:
+        return [{"seq": self.seq}]
+
+
 class RunLog:
     """Stands in for the BigQuery client when no project is given: keeps the status rows."""
 
@@ -174,6 +184,14 @@ class RunLog:
     def insert_rows_json(self, table: str, rows: Sequence[Mapping[str, Any]], **_: Any) -> list:
         self.rows.extend({"table": table, **row} for row in rows)
         return []
+
+    def query(self, sql: str, job_config: Any = None, **_: Any) -> _SeqResult:
+        """Answers ``trainer.runs.next_seq``'s query (the only one a run makes) from the rows."""
+        params = {p.name: p.value for p in getattr(job_config, "query_parameters", [])}
+        if "MAX(seq)" not in sql or "run_id" not in params:
+            raise NotImplementedError(f"RunLog answers only the run-sequence query, not: {sql}")
+        seqs = [int(r.get("seq") or 0) for r in self.rows if r.get("run_id") == params["run_id"]]
+        return _SeqResult(max(seqs, default=0))
 
     def close(self) -> None:
         pass

@@ -1,8 +1,6 @@
 """The claim's gs:// path against the Cloud Storage emulator (generation preconditions).
 
-The ``gcs_bucket`` fixture comes with the registry branch (``tests/gcs_fixtures.py``,
-imported by ``tests/conftest.py``). Until that branch is merged this module is
-skipped; after the merge, delete the ``importorskip`` line.
+The ``gcs_bucket`` fixture is ``tests/gcs_fixtures.py`` (imported by ``tests/conftest.py``).
 """
 
 from __future__ import annotations
@@ -14,8 +12,6 @@ import pytest
 
 from tests.trainer.test_claims import RACER
 from trainer import claims
-
-pytest.importorskip("tests.gcs_fixtures", reason="needs the registry branch's gcs_bucket fixture")
 
 pytestmark = pytest.mark.emulators
 
