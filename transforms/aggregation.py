@@ -1,11 +1,14 @@
 """Per-key windowed aggregates of the numeric features, late data included.
 
 Each configured window (fixed or sliding) fires once when the watermark
-passes its end (ON_TIME) and again for every late element that arrives
-within the allowed lateness (LATE), with accumulating panes: every row is
-the full, updated aggregate for its window, and ``pane_timing`` /
-``pane_index`` say which firing it is. Downstream readers take the row with
-the highest ``pane_index`` per key and window.
+passes its end (ON_TIME). Late elements that arrive within the allowed
+lateness are throttled, as in Beam's ``leader_board.py``: the first late
+element of a window starts a processing-time delay
+(``LATE_FIRING_DELAY_SECONDS``), and one LATE pane then carries every late
+element that arrived meanwhile. Panes accumulate: every row is the full,
+updated aggregate for its window, and ``pane_timing`` / ``pane_index`` say
+which firing it is. Downstream readers take the row with the highest
+``pane_index`` per key and window.
 """
 
 from __future__ import annotations
@@ -23,6 +26,10 @@ from dataset.times import utc_iso
 from transforms.validation import Record
 
 NAMESPACE = "aggregation"
+# Processing-time delay between a window's first late element and its LATE
+# pane: at most one late row per key and window per delay, however many late
+# elements arrive (a backlog on a wall-clock watermark makes every one late).
+LATE_FIRING_DELAY_SECONDS = 30
 
 # Accumulator: [count, labeled_count, label_sum, {feature: [n, sum, sumsq, min, max]}]
 Accumulator = list
@@ -116,6 +123,11 @@ def pane_timing(pane) -> str:
     return {0: "EARLY", 1: "ON_TIME", 2: "LATE"}.get(pane.timing, "UNKNOWN")
 
 
+def late_firing_trigger(delay_seconds: int) -> trigger.TriggerFn:
+    """ON_TIME at the window's end, then one LATE pane per ``delay_seconds`` with late data."""
+    return trigger.AfterWatermark(late=trigger.AfterProcessingTime(delay_seconds))
+
+
 def window_fn(spec: WindowSpec):
     if spec.kind == "fixed":
         return window.FixedWindows(spec.size_seconds)
@@ -158,9 +170,16 @@ class _FormatAggregateFn(beam.DoFn):
 class WindowAndAggregate(beam.PTransform):
     """Feature records -> one aggregate row per key, window and pane, for every window."""
 
-    def __init__(self, config: DatasetConfig):
+    def __init__(
+        self, config: DatasetConfig, late_firing_delay_seconds: int = LATE_FIRING_DELAY_SECONDS
+    ):
         super().__init__()
+        if late_firing_delay_seconds <= 0:
+            raise ValueError(
+                f"late_firing_delay_seconds must be positive, got {late_firing_delay_seconds}"
+            )
         self._config = config
+        self._late_delay = late_firing_delay_seconds
 
     def expand(self, records):
         cfg = self._config
@@ -175,7 +194,7 @@ class WindowAndAggregate(beam.PTransform):
                 | f"Window{tag}"
                 >> beam.WindowInto(
                     window_fn(spec),
-                    trigger=trigger.AfterWatermark(late=trigger.AfterCount(1)),
+                    trigger=late_firing_trigger(self._late_delay),
                     accumulation_mode=trigger.AccumulationMode.ACCUMULATING,
                     allowed_lateness=spec.allowed_lateness_seconds,
                 )
