@@ -333,7 +333,7 @@ def quality_rows(
     names = [f"@v{i}" for i in range(len(versions))]
     sql = (
         "SELECT model_version, window_start, window_end, examples, accuracy, log_loss, "
-        f"mae, rmse, computed_at FROM `{quality_table(project, dataset, config)}` "
+        f"mae, rmse, pane_index, computed_at FROM `{quality_table(project, dataset, config)}` "
         f"WHERE model_version IN ({', '.join(names)})"
     )
     return _query(client, sql, [(f"v{i}", "STRING", v) for i, v in enumerate(versions)])
@@ -360,7 +360,8 @@ def summarize_quality(
     """Aggregates ``prediction_quality`` rows of ONE model version.
 
     The stream writes accumulating panes (EARLY/ON_TIME/LATE) per window, so
-    only the latest pane of each window counts (latest ``computed_at``, then
+    only the latest pane of each window counts (highest ``pane_index``; rows
+    written before that column existed rank below, by ``computed_at``, then
     most examples). Windows computed before ``since`` are left out; with
     ``last_windows`` only the newest that many windows (by ``window_end``) count.
 
@@ -373,7 +374,9 @@ def summarize_quality(
     latest: dict[Any, Mapping[str, Any]] = {}
     for row in rows:
         key = _to_datetime(row["window_start"])
+        pane = row.get("pane_index")
         order = (
+            -1 if pane is None else int(pane),
             _to_datetime(row.get("computed_at")) or dt.datetime.min.replace(tzinfo=dt.UTC),
             int(row.get("examples") or 0),
         )
@@ -382,7 +385,7 @@ def summarize_quality(
             latest[key] = {**row, "_order": order}
     windows = list(latest.values())
     if since_dt is not None:
-        windows = [w for w in windows if w["_order"][0] >= since_dt]
+        windows = [w for w in windows if w["_order"][1] >= since_dt]
     windows.sort(key=lambda w: _to_datetime(w.get("window_end") or w["window_start"]))
     if last_windows is not None:
         windows = windows[-last_windows:] if last_windows > 0 else []
