@@ -13,6 +13,7 @@ from transforms.quality import (
     JOIN_EXPIRY_SLACK_SECONDS,
     JoinPredictionsWithLabels,
     MeasureOnlineQuality,
+    _JoinPredictionLabelFn,
     add_scored,
     empty_quality,
     quality_metrics,
@@ -171,3 +172,60 @@ def test_late_pairs_update_a_window_in_one_throttled_pane_with_its_index():
             rows | beam.Map(lambda r: (r["pane_timing"], r["pane_index"], r["examples"])),
             equal_to([("ON_TIME", 0, 2), ("LATE", 1, 5)]),
         )
+
+
+class _Cell:
+    """A stand-in for one key's state cell."""
+
+    def __init__(self):
+        self.value = None
+
+    def read(self):
+        return self.value
+
+    def write(self, value):
+        self.value = value
+
+    def clear(self):
+        self.value = None
+
+
+class _Timer:
+    def __init__(self):
+        self.at = None
+
+    def set(self, timestamp):
+        self.at = timestamp
+
+
+@pytest.mark.parametrize(
+    "sequence",
+    [
+        ["prediction"],
+        ["label"],
+        ["prediction", "label"],
+        ["label", "prediction"],
+        ["prediction", "label", "label"],
+        ["prediction", "prediction"],
+        ["label", "label", "prediction"],
+    ],
+)
+def test_join_state_is_always_covered_by_a_timer_that_clears_it(sequence):
+    """Memory bound: after every element, a key that holds any state has its
+    expiry timer set, and that timer empties the key."""
+    fn = _JoinPredictionLabelFn(
+        "converted", ADS.label.max_delay_seconds + JOIN_EXPIRY_SLACK_SECONDS
+    )
+    cells = {"prediction_state": _Cell(), "label_state": _Cell()}
+    timer = _Timer()
+    for i, side in enumerate(sequence):
+        row = (
+            {"example_id": "x", "model_version": "v1", "prediction": 0.4}
+            if side == "prediction"
+            else {"example_id": "x", "converted": 1}
+        )
+        list(fn.process(("x", (side, row)), expiry=timer, timestamp=T0 + i, **cells))
+        if any(c.read() is not None for c in cells.values()):
+            assert timer.at is not None, f"state held without a timer after {side}"
+    fn.expire(**cells)
+    assert all(c.read() is None for c in cells.values())

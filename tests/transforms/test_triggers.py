@@ -179,3 +179,28 @@ def test_the_launcher_accepts_an_epoch_trigger():
     message = trigger_message(fire(state, "traffic", "new_data", now=T0))
     parsed = parse_trigger(message.data, message.attributes, "traffic")
     assert parsed.trigger_id == f"traffic-{state.epoch}-000001" and parsed.sequence == 1
+
+
+def test_trigger_state_stays_small_however_many_examples_land():
+    """Memory bound: one state cell per dataset, a few scalars (no per-example data)."""
+    import pickle
+
+    from transforms.triggers import _RetrainTriggerFn
+
+    class Cell:
+        value = None
+
+        def read(self):
+            return self.value
+
+        def write(self, value):
+            self.value = value
+
+    fn, cell = _RetrainTriggerFn(CONFIG, TriggerState(epoch="E1")), Cell()
+    sizes = []
+    for i in range(2000):
+        list(fn.process(("traffic", ("examples", (7, T0 + i, T0 + i))), state_param=cell))
+        if i % 500 == 0:
+            list(fn.process(("traffic", ("quality", {"examples": 9, "accuracy": 0.1})), cell))
+        sizes.append(len(pickle.dumps(cell.read())))
+    assert max(sizes) < 1024 and cell.read().sequence > 10
