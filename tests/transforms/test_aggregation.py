@@ -7,6 +7,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.test_stream import TestStream
 from apache_beam.testing.util import assert_that, equal_to, equal_to_per_window
+from apache_beam.transforms import trigger
 from apache_beam.transforms.window import IntervalWindow, NonMergingWindowFn, TimestampedValue
 
 from dataset.config import config_from_dict
@@ -18,6 +19,8 @@ from transforms.aggregation import (
     add_record,
     empty_accumulator,
     merge_accumulators,
+    partial_lateness,
+    partial_period,
     summarize,
 )
 from transforms.validation import validate_payload
@@ -192,3 +195,132 @@ def test_sliding_windows_count_each_event_in_every_overlapping_window():
             rows | beam.Map(lambda r: r["window_name"]),
             equal_to(["fixed_1m"] + ["sliding_5m"] * 5),
         )
+
+
+def _row_key(row):
+    return (row["window_name"], row["sensor_id"], row["window_start"], row["pane_index"])
+
+
+def _differences(keyed):
+    """(row key, {"direct": [...], "partials": [...]}) -> the key if the rows differ."""
+    key, sides = keyed
+
+    def strip(rows):
+        return sorted(
+            tuple(sorted((k, v) for k, v in r.items() if k != "computed_at")) for r in rows
+        )
+
+    if strip(sides["direct"]) != strip(sides["partials"]):
+        yield key
+
+
+def test_windows_from_fixed_window_partials_make_the_same_rows():
+    """Sliding windows combined from 1-minute partials give the rows that
+    windowing every event into every window gives: on time, late within a
+    window's lateness (also events their fixed window has already dropped but
+    a later-ending sliding window still takes), throttled late panes, and an
+    event too late for every window."""
+
+    def rec(key, t, v):
+        return TimestampedValue(_record(key, t, vehicle_count=v, occupancy=v / 64), t)
+
+    stream = TestStream().advance_processing_time(WALL_CLOCK_START).advance_watermark_to(T0)
+    for minute in range(7):
+        t = T0 + 60 * minute
+        stream = stream.add_elements(
+            [rec("S1", t + 5, minute), rec("S2", t + 20, 2 * minute), rec("S1", t + 59, 3)]
+        ).advance_watermark_to(t + 60)
+    stream = (
+        # Watermark at T0 + 420. S3 (a new key): its fixed window and 3 sliding
+        # windows are late, 2 sliding windows are still open. S1 at +130 and +30:
+        # past their fixed window's lateness, not past every sliding window's.
+        stream.add_elements([rec("S3", T0 + 250, 9), rec("S1", T0 + 130, 11)])
+        .add_elements([rec("S1", T0 + 30, 13), rec("S1", T0 - 30, 15)])  # -30: too late
+        .advance_processing_time(LATE_FIRING_DELAY_SECONDS / 2)
+        .add_elements([rec("S1", T0 + 300, 17)])
+        .advance_processing_time(LATE_FIRING_DELAY_SECONDS)
+        .add_elements([rec("S2", T0 + 310, 19)])
+        .advance_processing_time(LATE_FIRING_DELAY_SECONDS + 1)
+        .advance_watermark_to_infinity()
+    )
+    with TestPipeline(options=_streaming_options()) as p:
+        events = p | stream
+        direct = events | "Direct" >> WindowAndAggregate(TRAFFIC, partials=False)
+        partial = events | "Partials" >> WindowAndAggregate(TRAFFIC, partials=True)
+        at_end = beam.WindowInto(
+            beam.window.GlobalWindows(),
+            trigger=trigger.AfterWatermark(),
+            accumulation_mode=trigger.AccumulationMode.DISCARDING,
+        )
+        grouped = {
+            "direct": direct
+            | "KeyDirect" >> beam.Map(lambda r: (_row_key(r), r))
+            | "AtEndDirect" >> at_end,
+            "partials": partial
+            | "KeyPartials" >> beam.Map(lambda r: (_row_key(r), r))
+            | "AtEndPartials" >> at_end,
+        } | beam.CoGroupByKey()
+        assert_that(grouped | beam.FlatMap(_differences), equal_to([]), label="SameRows")
+        assert_that(
+            direct
+            | "Panes" >> beam.Map(lambda r: (r["window_name"], r["pane_timing"]))
+            | "AtEndPanes" >> at_end
+            | beam.combiners.Count.PerElement(),
+            equal_to(
+                [
+                    (("fixed_1m", "ON_TIME"), 7 + 7),
+                    (("fixed_1m", "LATE"), 3),  # S3 at +250; S1, S2 at +300..359
+                    (("sliding_5m", "ON_TIME"), 11 + 11 + 2),
+                    # S3: 3 windows; S1: 3 windows (+130, +30 and +300 share
+                    # panes); S2: 2 windows.
+                    (("sliding_5m", "LATE"), 3 + 3 + 2),
+                ]
+            ),
+            label="PaneCounts",
+        )
+
+
+def test_which_windows_are_combined_from_partials():
+    from dataset.config import WindowSpec
+
+    fixed = WindowSpec("f", "fixed", 60, None, 120)
+    sliding = WindowSpec("s", "sliding", 300, 60, 120)
+    uneven = WindowSpec("u", "sliding", 300, 120, 0)
+    assert (partial_period(fixed), partial_period(sliding), partial_period(uneven)) == (
+        60,
+        60,
+        None,
+    )
+    # A late element at the start of a 1-minute partial still belongs to a
+    # sliding window that ends 300 s later and takes late data 120 s more.
+    assert partial_lateness([fixed, sliding], 60) == 300 + 120 - 60
+    assert partial_lateness([fixed], 60) == 120
+
+
+def _step_labels(config):
+    p = beam.Pipeline()
+    _ = p | beam.Create([]) | WindowAndAggregate(config)
+    labels = []
+
+    class Visitor(beam.pipeline.PipelineVisitor):
+        def enter_composite_transform(self, node):
+            labels.append(node.full_label)
+
+        def visit_transform(self, node):
+            labels.append(node.full_label)
+
+    p.visit(Visitor())
+    return labels
+
+
+def test_partials_only_where_sliding_windows_overlap():
+    from tests.helpers import ADS
+
+    traffic = _step_labels(TRAFFIC)
+    assert "WindowAndAggregate/PartialWindow60s" in traffic
+    assert {"WindowAndAggregate/WindowFixed1m", "WindowAndAggregate/WindowSliding5m"} <= set(
+        traffic
+    )
+    ads = _step_labels(ADS)  # one fixed window: windowed directly
+    assert not any("Partial" in label for label in ads)
+    assert "WindowAndAggregate/WindowFixed10m" in ads
