@@ -119,6 +119,7 @@ QUALITY_SCHEMA: list[Field] = [
     _col("mae", "FLOAT64"),
     _col("rmse", "FLOAT64"),
     _col("pane_timing", "STRING"),
+    _col("pane_index", "INT64"),
     _col("computed_at", "TIMESTAMP", "REQUIRED"),
 ]
 

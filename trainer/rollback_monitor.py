@@ -74,7 +74,7 @@ def quality_rows(
     names = [f"@v{i}" for i in range(len(versions))]
     sql = (
         "SELECT model_version, window_start, window_end, examples, accuracy, log_loss, "
-        f"mae, rmse, computed_at FROM `{quality_table(project, dataset, config)}` "
+        f"mae, rmse, pane_index, computed_at FROM `{quality_table(project, dataset, config)}` "
         f"WHERE window_start >= @since AND model_version IN ({', '.join(names)})"
     )
     params = [("since", "TIMESTAMP", runs.lookback_start(lookback_days))]
@@ -93,7 +93,8 @@ def summarize_quality(
     """Aggregates ``prediction_quality`` rows of ONE model version.
 
     The stream writes accumulating panes (EARLY/ON_TIME/LATE) per window, so
-    only the latest pane of each window counts (latest ``computed_at``, then
+    only the latest pane of each window counts (highest ``pane_index``; rows
+    written before that column existed rank below, by ``computed_at``, then
     most examples). Windows computed before ``since`` are left out; with
     ``last_windows`` only the newest that many windows (by ``window_end``) count.
 
@@ -106,7 +107,9 @@ def summarize_quality(
     latest: dict[Any, Mapping[str, Any]] = {}
     for row in rows:
         key = to_datetime(row["window_start"])
+        pane = row.get("pane_index")
         order = (
+            -1 if pane is None else int(pane),
             to_datetime(row["computed_at"])
             if row.get("computed_at") is not None
             else dt.datetime.min.replace(tzinfo=dt.UTC),
@@ -117,7 +120,7 @@ def summarize_quality(
             latest[key] = {**row, "_order": order}
     windows = list(latest.values())
     if since_dt is not None:
-        windows = [w for w in windows if w["_order"][0] >= since_dt]
+        windows = [w for w in windows if w["_order"][1] >= since_dt]
     windows.sort(key=lambda w: to_datetime(w.get("window_end") or w["window_start"]))
     if last_windows is not None:
         windows = windows[-last_windows:] if last_windows > 0 else []

@@ -1,11 +1,30 @@
 """Per-key windowed aggregates of the numeric features, late data included.
 
 Each configured window (fixed or sliding) fires once when the watermark
-passes its end (ON_TIME) and again for every late element that arrives
-within the allowed lateness (LATE), with accumulating panes: every row is
-the full, updated aggregate for its window, and ``pane_timing`` /
-``pane_index`` say which firing it is. Downstream readers take the row with
-the highest ``pane_index`` per key and window.
+passes its end (ON_TIME). Late elements that arrive within the allowed
+lateness are throttled, as in Beam's ``leader_board.py``: the first late
+element of a window starts a processing-time delay
+(``LATE_FIRING_DELAY_SECONDS``), and one LATE pane then carries every late
+element that arrived meanwhile. Panes accumulate: every row is the full,
+updated aggregate for its window, and ``pane_timing`` / ``pane_index`` say
+which firing it is. Downstream readers take the row with the highest
+``pane_index`` per key and window.
+
+Sliding windows (size S every P seconds, P dividing S) are combined from
+per-key partials over aligned fixed windows of P seconds, and a fixed window
+of size P shares them: each event is windowed once instead of once per
+overlapping window. The partial windows discard what they emitted and pass
+late elements on at once, so the windows combined from them see the same
+data at the same moments and make the same rows (tested against windowing
+every event directly, ``partials=False``). Their lateness reaches the
+latest-ending window that can still take a late element.
+
+A backlog: on Dataflow the watermark follows the oldest unread event, so a
+backlog is processed on time and only delays the ON_TIME panes. Where the
+watermark follows the wall clock (the local runner), backlogged events are
+late: within a window's allowed lateness they update it in throttled LATE
+panes; beyond it they are dropped from the aggregates (Beam drops them
+silently; they still reach training, predictions and triggers).
 """
 
 from __future__ import annotations
@@ -23,6 +42,10 @@ from dataset.times import utc_iso
 from transforms.validation import Record
 
 NAMESPACE = "aggregation"
+# Processing-time delay between a window's first late element and its LATE
+# pane: at most one late row per key and window per delay, however many late
+# elements arrive (a backlog on a wall-clock watermark makes every one late).
+LATE_FIRING_DELAY_SECONDS = 30
 
 # Accumulator: [count, labeled_count, label_sum, {feature: [n, sum, sumsq, min, max]}]
 Accumulator = list
@@ -111,9 +134,51 @@ class FeatureStatsFn(beam.CombineFn):
         return summarize(acc, self._with_label)
 
 
+class PartialStatsFn(FeatureStatsFn):
+    """Like ``FeatureStatsFn``, but outputs the accumulator: a window's partial."""
+
+    def __init__(self, feature_names: tuple[str, ...]):
+        super().__init__(feature_names, with_label=True)
+
+    def extract_output(self, acc):
+        return acc
+
+
+class MergedStatsFn(FeatureStatsFn):
+    """Combines partials (accumulators) into the aggregate columns."""
+
+    def add_input(self, acc, partial):
+        return merge_accumulators([acc, partial], self._names)
+
+
+def partial_period(spec: WindowSpec) -> int | None:
+    """The fixed-window size whose partials add up to ``spec``'s windows, or None.
+
+    A fixed window is its own partial; a sliding window of size S every P
+    seconds is the union of S / P aligned fixed windows of P seconds, when P
+    divides S.
+    """
+    if spec.kind == "fixed":
+        return spec.size_seconds
+    if spec.size_seconds % spec.period_seconds == 0:
+        return spec.period_seconds
+    return None
+
+
+def partial_lateness(specs: list[WindowSpec], period: int) -> int:
+    """Lateness of the partial windows: a late element must reach every window
+    that still accepts it, up to the latest-ending window that holds it."""
+    return max(s.allowed_lateness_seconds + s.size_seconds for s in specs) - period
+
+
 def pane_timing(pane) -> str:
     """A pane's firing as the string the tables store (EARLY, ON_TIME, LATE)."""
     return {0: "EARLY", 1: "ON_TIME", 2: "LATE"}.get(pane.timing, "UNKNOWN")
+
+
+def late_firing_trigger(delay_seconds: int) -> trigger.TriggerFn:
+    """ON_TIME at the window's end, then one LATE pane per ``delay_seconds`` with late data."""
+    return trigger.AfterWatermark(late=trigger.AfterProcessingTime(delay_seconds))
 
 
 def window_fn(spec: WindowSpec):
@@ -158,28 +223,75 @@ class _FormatAggregateFn(beam.DoFn):
 class WindowAndAggregate(beam.PTransform):
     """Feature records -> one aggregate row per key, window and pane, for every window."""
 
-    def __init__(self, config: DatasetConfig):
+    def __init__(
+        self,
+        config: DatasetConfig,
+        late_firing_delay_seconds: int = LATE_FIRING_DELAY_SECONDS,
+        partials: bool = True,
+    ):
+        """Args:
+        config: the dataset config (its ``windows``).
+        late_firing_delay_seconds: see ``LATE_FIRING_DELAY_SECONDS``.
+        partials: combine windows from fixed-window partials where they can
+            be (same rows, less work per event); False windows every event
+            into every window directly.
+        """
         super().__init__()
+        if late_firing_delay_seconds <= 0:
+            raise ValueError(
+                f"late_firing_delay_seconds must be positive, got {late_firing_delay_seconds}"
+            )
         self._config = config
+        self._late_delay = late_firing_delay_seconds
+        self._partials = partials
 
     def expand(self, records):
         cfg = self._config
         names = tuple(f.name for f in cfg.numeric_features)
         with_label = cfg.label.source == "inline"
         keyed = records | "KeyByEntity" >> beam.Map(lambda r: (r["key"], r))
+        # Partials pay off where sliding windows overlap; a fixed window of the
+        # same size shares them, other fixed windows window events directly.
+        sliding_periods = {s.period_seconds for s in cfg.windows if s.kind == "sliding"}
+        by_period: dict[int, list[WindowSpec]] = {}
+        for spec in cfg.windows:
+            period = partial_period(spec) if self._partials else None
+            if period in sliding_periods:
+                by_period.setdefault(period, []).append(spec)
+        partials = {}
+        for period, specs in sorted(by_period.items()):
+            # Per key, each event lands in ONE fixed window here. ON_TIME: one
+            # partial per key and period. Late elements pass on at once as
+            # deltas (discarding): the windows below throttle their panes.
+            partials[period] = (
+                keyed
+                | f"PartialWindow{period}s"
+                >> beam.WindowInto(
+                    window.FixedWindows(period),
+                    trigger=trigger.AfterWatermark(late=trigger.AfterCount(1)),
+                    accumulation_mode=trigger.AccumulationMode.DISCARDING,
+                    allowed_lateness=partial_lateness(specs, period),
+                )
+                | f"PartialAggregate{period}s" >> beam.CombinePerKey(PartialStatsFn(names))
+            )
         outputs = []
         for spec in cfg.windows:
             tag = "".join(part.capitalize() for part in spec.name.split("_"))
+            period = partial_period(spec) if self._partials else None
+            if period not in partials:
+                period = None
+            source = keyed if period is None else partials[period]
+            combine = FeatureStatsFn if period is None else MergedStatsFn
             rows = (
-                keyed
+                source
                 | f"Window{tag}"
                 >> beam.WindowInto(
                     window_fn(spec),
-                    trigger=trigger.AfterWatermark(late=trigger.AfterCount(1)),
+                    trigger=late_firing_trigger(self._late_delay),
                     accumulation_mode=trigger.AccumulationMode.ACCUMULATING,
                     allowed_lateness=spec.allowed_lateness_seconds,
                 )
-                | f"Aggregate{tag}" >> beam.CombinePerKey(FeatureStatsFn(names, with_label))
+                | f"Aggregate{tag}" >> beam.CombinePerKey(combine(names, with_label))
                 | f"FormatAggregates{tag}"
                 >> beam.ParDo(_FormatAggregateFn(cfg.key_field, spec.name))
                 # Rows from differently windowed branches meet in one sink.

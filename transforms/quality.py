@@ -2,12 +2,22 @@
 
 Predictions and training examples share ``example_id`` (the join id, or the
 message id for inline labels). A stateful DoFn keyed by it holds whichever
-side came first until the other arrives (or the label's max delay passes),
-then emits ``(model_version, prediction, label)``. These are windowed by the
+side came first until the other arrives (or the label's max delay plus
+``JOIN_EXPIRY_SLACK_SECONDS`` passes), then emits
+``(model_version, prediction, label)``. The slack matters: a negative made on
+timeout carries the event time T + max delay, exactly when a join without
+slack would expire, so without it whether that negative is scored would
+depend on which timer the runner fires first. These are windowed by the
 time the label landed and combined per model version into quality rows:
 count, accuracy, log loss, Brier score, mean prediction vs base rate
 (calibration) for classification; MAE and RMSE for regression. This is the
 online-quality signal for drift triggers and automatic rollback.
+
+Quality windows fire ON_TIME when the watermark passes their end; late scored
+pairs (within one window of lateness) update them in accumulating LATE panes,
+at most one per ``LATE_FIRING_DELAY_SECONDS`` of processing time per model
+version and window. ``pane_index`` numbers a window's panes: readers take the
+highest.
 """
 
 from __future__ import annotations
@@ -26,10 +36,15 @@ from apache_beam.utils.timestamp import Timestamp
 
 from dataset.config import DatasetConfig
 from dataset.times import utc_iso
-from transforms.aggregation import pane_timing
+from transforms.aggregation import late_firing_trigger, pane_timing
 
 NAMESPACE = "quality"
 EPS = 1e-7
+# Event time a half-joined prediction/label waits beyond the label's max delay.
+JOIN_EXPIRY_SLACK_SECONDS = 60
+# Processing-time delay between a quality window's first late pair and its LATE
+# pane (short: the rollback monitor and quality triggers read these rows).
+LATE_FIRING_DELAY_SECONDS = 10
 # Accumulator: [n, correct, log_loss, brier, prediction_sum, label_sum, abs_err, sq_err]
 QualityAcc = list
 
@@ -164,6 +179,7 @@ class _FormatQualityFn(beam.DoFn):
             "model_version": version,
             **metrics,
             "pane_timing": pane_timing(pane),
+            "pane_index": pane.index,
             "computed_at": utc_iso(dt.datetime.now(dt.UTC).timestamp()),
         }
 
@@ -182,7 +198,7 @@ class JoinPredictionsWithLabels(beam.PTransform):
     def expand(self, pcolls):
         predictions, examples = pcolls
         cfg = self._config
-        wait = cfg.label.max_delay_seconds
+        wait = cfg.label.max_delay_seconds + JOIN_EXPIRY_SLACK_SECONDS
         tagged_predictions = predictions | "TagPredictions" >> beam.Map(
             lambda r: (r["example_id"], ("prediction", r))
         )
@@ -211,7 +227,7 @@ class MeasureOnlineQuality(beam.PTransform):
             | "QualityWindow"
             >> beam.WindowInto(
                 window.FixedWindows(self._window_seconds),
-                trigger=trigger.AfterWatermark(late=trigger.AfterCount(1)),
+                trigger=late_firing_trigger(LATE_FIRING_DELAY_SECONDS),
                 accumulation_mode=trigger.AccumulationMode.ACCUMULATING,
                 allowed_lateness=self._window_seconds,
             )

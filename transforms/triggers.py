@@ -1,9 +1,12 @@
 """Retraining triggers: decide, inside the stream, when enough new data landed.
 
-Newly landed training examples are counted in short windows (distinct
-``example_id`` per window, so a replayed example is not counted twice there;
-the upstream message-id dedup covers redeliveries), then a single stateful
-DoFn per dataset keeps the running count and decides:
+Newly landed training examples are counted in the global window, in panes
+that fire every ``count_batch_size`` examples or ``COUNT_PANE_SECONDS`` of
+processing time, whichever comes first (distinct ``example_id`` per pane, so
+a replayed example is not counted twice there; the upstream message-id dedup
+covers redeliveries). The global window never closes, so no example is ever
+late here: a backlog, replayed far behind the watermark, still counts. A
+single stateful DoFn per dataset keeps the running count and decides:
 
 * ``new_data``: ``min_new_examples`` new examples since the last trigger;
 * ``schedule``: data is flowing and ``max_interval_seconds`` passed since the
@@ -12,11 +15,16 @@ DoFn per dataset keeps the running count and decides:
   ``quality_min_examples`` predictions with accuracy below ``quality_floor``.
 
 Debounce: triggers are at least ``min_interval_seconds`` apart. All times are
-event times (the newest example counted), so decisions are deterministic under
-replay and in tests. Trigger ids are ``<dataset>-<sequence>``: one crossing,
-one id, whatever is replayed; the launcher starts one run per id. After a
-restart the sequence, the last trigger time and the pending count are rebuilt
-from BigQuery (``initial_state_from_bigquery``) and passed in.
+event times (the newest example counted), so decisions do not depend on when
+a backlog is worked off.
+
+Trigger ids are ``<dataset>-<epoch>-<sequence>``. The epoch is chosen once per
+launch of the pipeline (UTC launch time and a random suffix) and travels with
+the trigger state, so one crossing has one id whatever is retried, and ids
+never repeat across restarts: the sequence is rebuilt from the
+``retrain_triggers`` table (``initial_state_from_bigquery``), and a trigger
+whose row BigQuery refused but whose message went out would otherwise have
+its id reused, and the launcher would ack the next crossing as a duplicate.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import secrets
 from typing import Any
 
 import apache_beam as beam
@@ -31,13 +40,37 @@ from apache_beam.coders import PickleCoder
 from apache_beam.io.gcp.pubsub import PubsubMessage
 from apache_beam.metrics import Metrics
 from apache_beam.transforms import window
+from apache_beam.transforms.trigger import (
+    AccumulationMode,
+    AfterAny,
+    AfterCount,
+    AfterProcessingTime,
+    AfterWatermark,
+)
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
 
 from dataset.config import DatasetConfig, RetrainingPolicy
 from dataset.times import parse_event_time, utc_iso
 
 NAMESPACE = "triggers"
-COUNT_WINDOW_SECONDS = 10
+# A count pane fires at the latest this many seconds (processing time) after
+# its first example...
+COUNT_PANE_SECONDS = 10
+# ...or after this many examples (see ``count_batch_size``), whichever is first.
+MAX_COUNT_BATCH = 1000
+
+
+def new_epoch(now: float | None = None) -> str:
+    """A launch epoch for trigger ids: UTC launch time plus a random suffix."""
+    if now is None:
+        now = dt.datetime.now(dt.UTC).timestamp()
+    stamp = dt.datetime.fromtimestamp(now, dt.UTC).strftime("%Y%m%dT%H%M%S")
+    return f"{stamp}{secrets.token_hex(2)}"
+
+
+def count_batch_size(policy: RetrainingPolicy) -> int:
+    """Examples per count pane: a tenth of ``min_new_examples``, 1 to ``MAX_COUNT_BATCH``."""
+    return max(1, min(policy.min_new_examples // 10, MAX_COUNT_BATCH))
 
 
 @dataclasses.dataclass
@@ -45,6 +78,7 @@ class TriggerState:
     """What the trigger remembers between elements (and across restarts)."""
 
     sequence: int = 0
+    epoch: str = ""
     pending: int = 0
     total: int = 0
     pending_start: float | None = None
@@ -81,10 +115,15 @@ def decide(state: TriggerState, policy: RetrainingPolicy) -> str | None:
 
 
 def fire(state: TriggerState, dataset: str, reason: str, now: float) -> dict[str, Any]:
-    """Builds the trigger and resets the pending counters."""
+    """Builds the trigger and resets the pending counters.
+
+    The id is ``<dataset>-<epoch>-<sequence>`` (``<dataset>-<sequence>`` for a
+    state without an epoch: ``DecideRetraining`` always gives it one).
+    """
     state.sequence += 1
-    trigger = {
-        "trigger_id": f"{dataset}-{state.sequence:06d}",
+    prefix = f"{dataset}-{state.epoch}" if state.epoch else dataset
+    out = {
+        "trigger_id": f"{prefix}-{state.sequence:06d}",
         "dataset": dataset,
         "reason": reason,
         "sequence": state.sequence,
@@ -99,7 +138,7 @@ def fire(state: TriggerState, dataset: str, reason: str, now: float) -> dict[str
     state.pending = 0
     state.pending_start = state.pending_end = None
     state.quality_alarm = None
-    return trigger
+    return out
 
 
 class DistinctCountFn(beam.CombineFn):
@@ -174,8 +213,11 @@ class DecideRetraining(beam.PTransform):
         quality: beam.PCollection | None = None,
     ):
         super().__init__()
+        initial = initial or TriggerState()
+        if not initial.epoch:
+            initial = dataclasses.replace(initial, epoch=new_epoch())
         self._config = config
-        self._initial = initial or TriggerState()
+        self._initial = initial
         self._quality = quality
 
     def expand(self, examples):
@@ -185,7 +227,17 @@ class DecideRetraining(beam.PTransform):
             examples
             | "ExampleIdAndTime"
             >> beam.Map(lambda r: (r["example_id"], parse_event_time(r["event_time"], "iso8601")))
-            | "CountWindow" >> beam.WindowInto(window.FixedWindows(COUNT_WINDOW_SECONDS))
+            | "CountWindow"
+            >> beam.WindowInto(
+                window.GlobalWindows(),
+                trigger=AfterWatermark(
+                    early=AfterAny(
+                        AfterCount(count_batch_size(cfg.retraining)),
+                        AfterProcessingTime(COUNT_PANE_SECONDS),
+                    )
+                ),
+                accumulation_mode=AccumulationMode.DISCARDING,
+            )
             | "CountDistinctExamples" >> beam.CombineGlobally(DistinctCountFn()).without_defaults()
             | "GlobalCounts" >> beam.WindowInto(window.GlobalWindows())
             | "TagCounts" >> beam.Map(lambda c, name: (name, ("examples", c)), cfg.name)
@@ -217,11 +269,13 @@ def initial_state_from_bigquery(client, project: str, dataset: str, config: Data
 
     Sequence and last trigger time come from ``retrain_triggers``; the pending
     count is the number of training examples ingested after the last trigger.
+    The state gets a new epoch, so its trigger ids cannot repeat an earlier
+    launch's, even one whose last trigger row never reached the table.
     """
     from google.api_core.exceptions import NotFound
 
     t = config.tables
-    state = TriggerState()
+    state = TriggerState(epoch=new_epoch())
     try:
         last = list(
             client.query(

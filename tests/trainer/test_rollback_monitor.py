@@ -315,3 +315,20 @@ def test_monitor_cli_runs_for_a_duration_and_prints_its_stats(
     assert json.loads(printed)["rollbacks"] == 0 and json.loads(printed)["errors"] == 0
     assert json.loads(stats_file.read_text())["current_version"] is None  # nothing promoted
     assert M.main([*args, "--lookback-days", "0"]) == 2
+
+
+def test_summarize_quality_latest_pane_is_the_highest_pane_index():
+    """Panes are numbered by the stream; computed_at (a worker's clock) may disagree."""
+
+    def row(pane, computed, examples, accuracy):
+        return {
+            "window_start": "2026-01-01T00:00:00Z",
+            "window_end": "2026-01-01T00:01:00Z",
+            "examples": examples,
+            "accuracy": accuracy,
+            "pane_index": pane,
+            "computed_at": f"2026-01-01T01:00:{computed:02d}Z",
+        }
+
+    q = M.summarize_quality([row(0, 9, 100, 0.5), row(1, 3, 150, 0.6), row(None, 30, 1, 0.0)])
+    assert q["windows"] == 1 and q["examples"] == 150 and q["accuracy"] == pytest.approx(0.6)
