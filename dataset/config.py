@@ -105,6 +105,23 @@ class RetrainingPolicy:
 
 
 @dataclasses.dataclass(frozen=True)
+class Limits:
+    """What the pipeline accepts before validating a message's fields.
+
+    A message over ``max_message_bytes``, or whose event time is more than
+    ``max_event_age_seconds`` before (or ``max_future_seconds`` after) the time
+    it was published, is a dead letter. ``max_event_age_seconds`` None means
+    the largest ``allowed_lateness_seconds`` of the windows: an accepted record
+    is then never too late for any window (on Dataflow, whose watermark follows
+    publish time).
+    """
+
+    max_message_bytes: int = 1_048_576
+    max_event_age_seconds: int | None = None
+    max_future_seconds: int = 300
+
+
+@dataclasses.dataclass(frozen=True)
 class TableNames:
     """BigQuery table names (inside the dataset given on the command line)."""
 
@@ -137,6 +154,14 @@ class DatasetConfig:
     evaluation_window_seconds: int = 60
     description: str = ""
     source_path: str = ""
+    limits: Limits = Limits()
+
+    @property
+    def max_event_age_seconds(self) -> int:
+        """``limits.max_event_age_seconds``, defaulting to the largest allowed lateness."""
+        if self.limits.max_event_age_seconds is not None:
+            return self.limits.max_event_age_seconds
+        return max(w.allowed_lateness_seconds for w in self.windows)
 
     @property
     def feature_names(self) -> tuple[str, ...]:
@@ -383,6 +408,29 @@ def _parse_retraining(r: _Reader, raw: Any) -> RetrainingPolicy:
     return policy
 
 
+def _parse_limits(r: _Reader, raw: Any) -> Limits:
+    path = "limits"
+    m = r.mapping(raw or {}, path)
+    r.unknown_keys(m, {f.name for f in dataclasses.fields(Limits)}, path)
+    defaults = Limits()
+    limits = Limits(
+        max_message_bytes=r.get(m, "max_message_bytes", path, int, defaults.max_message_bytes),
+        max_event_age_seconds=r.get(m, "max_event_age_seconds", path, int, None),
+        max_future_seconds=r.get(m, "max_future_seconds", path, int, defaults.max_future_seconds),
+    )
+    if limits.max_message_bytes <= 0:
+        raise r.fail(f"{path}.max_message_bytes", "must be a positive number of bytes")
+    if limits.max_event_age_seconds is not None and limits.max_event_age_seconds < 0:
+        raise r.fail(
+            f"{path}.max_event_age_seconds",
+            "must be >= 0 (seconds an event may precede its publish time; "
+            "leave it out to use the windows' allowed lateness)",
+        )
+    if limits.max_future_seconds < 0:
+        raise r.fail(f"{path}.max_future_seconds", "must be >= 0")
+    return limits
+
+
 def _parse_tables(r: _Reader, raw: Any) -> TableNames:
     m = r.mapping(raw or {}, "tables")
     fields = {f.name for f in dataclasses.fields(TableNames)}
@@ -412,6 +460,7 @@ def config_from_dict(raw: Any, source: str = "<config>") -> DatasetConfig:
             "tables",
             "extra_fields",
             "evaluation_window_seconds",
+            "limits",
         },
         "",
     )
@@ -438,6 +487,7 @@ def config_from_dict(raw: Any, source: str = "<config>") -> DatasetConfig:
         extra_fields=tuple(str(x) for x in extra),
         evaluation_window_seconds=r.get(m, "evaluation_window_seconds", "", int, 60),
         source_path=source,
+        limits=_parse_limits(r, m.get("limits")),
     )
     if cfg.evaluation_window_seconds <= 0:
         raise r.fail("evaluation_window_seconds", "must be positive")
