@@ -797,16 +797,21 @@ class _Runner:
         stats_writer: StatsWriter,
         progress: Progress,
         stop: threading.Event,
+        ids_file: str | None = None,
     ):
         self.sink = sink
         self.stats = stats
         self.writer = stats_writer
         self.progress = progress
         self.stop = stop
+        # One published message id per line (duplicates not repeated), for reconciliation.
+        self.ids = open(ids_file, "a", encoding="utf-8", buffering=1) if ids_file else None
 
     def send(self, msg: OutMessage, duplicate: bool = False) -> None:
         self.sink.publish(msg)
         self.stats.record(msg, duplicate=duplicate)
+        if self.ids is not None and not duplicate:
+            self.ids.write(f"{msg.message_id}\n")
 
     def tick(self) -> None:
         self.sink.poll()
@@ -828,6 +833,8 @@ class _Runner:
         finally:
             self.writer.write(self.stats, running=False)
             self.progress.finish(self.stats)
+            if self.ids is not None:
+                self.ids.close()
 
 
 def run_simulate(
@@ -843,6 +850,7 @@ def run_simulate(
     drift_after: float | None = None,
     injection: InjectionOptions | None = None,
     stats_file: str | None = None,
+    ids_file: str | None = None,
     sink: Sink | None = None,
     stop: threading.Event | None = None,
     clock: Callable[[], float] = time.time,
@@ -891,6 +899,7 @@ def run_simulate(
         StatsWriter(stats_file, clock=clock),
         Progress(total, progress_stream, clock=clock),
         stop,
+        ids_file,
     )
     rng = random.Random(f"simulator.publish/{seed}")
     recent: collections.deque[OutMessage] = collections.deque(maxlen=1000)
@@ -949,6 +958,7 @@ def run_replay(
     *,
     rebase_time: bool = False,
     stats_file: str | None = None,
+    ids_file: str | None = None,
     sink: Sink | None = None,
     stop: threading.Event | None = None,
     clock: Callable[[], float] = time.time,
@@ -980,6 +990,7 @@ def run_replay(
         StatsWriter(stats_file, clock=clock),
         Progress(None, progress_stream, clock=clock),
         stop,
+        ids_file,
     )
     index = 0
     last_rebased = -math.inf
@@ -1245,6 +1256,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="fraction of extra copies of already-sent messages (same id attribute)",
     )
     p.add_argument("--stats-file", default=None, help="JSON stats, rewritten every ~2 s")
+    p.add_argument("--ids-file", default=None, help="append each published message id to this file")
 
     p = sub.add_parser("replay", help="replay a JSONL or CSV file in file order")
     p.add_argument("file", help="a .jsonl/.ndjson/.json (JSON Lines) or .csv file")
@@ -1259,6 +1271,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="rewrite each event time (payload and attribute) to the time it is published",
     )
     p.add_argument("--stats-file", default=None, help="JSON stats, rewritten every ~2 s")
+    p.add_argument("--ids-file", default=None, help="append each published message id to this file")
 
     p = sub.add_parser("export-history", help="write simulated past traffic readings to a file")
     p.add_argument("--config", required=True, help="dataset config, e.g. configs/traffic.yaml")
@@ -1340,6 +1353,7 @@ def main(argv: list[str] | None = None) -> int:
                         duplicate_fraction=args.duplicate_fraction,
                     ),
                     stats_file=args.stats_file,
+                    ids_file=args.ids_file,
                     stop=stop,
                 )
         elif args.command == "replay":
@@ -1353,6 +1367,7 @@ def main(argv: list[str] | None = None) -> int:
                     args.rate,
                     rebase_time=args.rebase_time,
                     stats_file=args.stats_file,
+                    ids_file=args.ids_file,
                     stop=stop,
                 )
         elif args.command == "export-history":
