@@ -282,13 +282,15 @@ def predictions(ctx: SummaryContext) -> dict[str, Any]:
         }
     if ctx.config.label.source == "inline":
         # Inline labels are scored at once, so quality has caught up when the
-        # evaluation window holding the newest prediction has fired its ON_TIME pane.
+        # evaluation window holding the newest prediction has fired a pane. A
+        # LATE pane counts: a pipeline behind the local runner's wall-clock
+        # watermark scores its newest windows only in LATE panes.
         last_prediction = ctx.query_scalar(
             f"SELECT MAX(event_time) FROM `{ctx.table_id(t.predictions)}`"
         )
         last_window_end = ctx.query_scalar(
             f"SELECT MAX(window_end) FROM `{ctx.table_id(t.prediction_quality)}` "
-            "WHERE pane_timing = 'ON_TIME'"
+            "WHERE pane_timing IN ('ON_TIME', 'LATE')"
         )
         out["quality_caught_up"] = bool(
             last_prediction is not None

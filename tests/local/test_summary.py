@@ -281,6 +281,17 @@ def test_quality_caught_up_once_the_newest_predictions_window_fired(
     result = build()
     assert result["quality_caught_up"] is True
     assert result["accuracy_by_model_version"] == {"v1": 0.75}
+    # A pipeline behind the wall-clock watermark scores its newest window only in
+    # a LATE pane; that pane covers the newest prediction too.
+    late = {**prediction, "example_id": "e2", "event_time": "2024-01-01T00:02:30Z"}
+    _insert(bigquery_client, f"{prefix}.predictions", [late])
+    assert build()["quality_caught_up"] is False
+    _insert(
+        bigquery_client,
+        f"{prefix}.prediction_quality",
+        [{**quality("2024-01-01T00:02:00Z", "2024-01-01T00:03:00Z"), "pane_timing": "LATE"}],
+    )
+    assert build()["quality_caught_up"] is True
 
 
 @pytest.mark.emulators
