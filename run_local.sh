@@ -155,7 +155,10 @@ cleanup() {
   if [[ "$summary" != "{"* ]]; then
     summary="{\"run_status\":\"$RUN_STATUS\",\"exit_code\":$rc,\"errors\":[\"no summary: set-up did not get far enough (see messages above)\"]}"
   fi
-  say "done ($RUN_STATUS); logs in $STATE_DIR"
+  # The summary may have turned "completed" into "incomplete" (events never landed).
+  local final_status
+  final_status="$(sed -n 's/.*"run_status":"\([a-z_]*\)".*/\1/p' <<<"$summary")"
+  say "done (${final_status:-$RUN_STATUS}); logs in $STATE_DIR"
   echo "$summary"
   exit "$rc"
 }
