@@ -66,6 +66,7 @@ BQ_GRPC_PORT="${BQ_GRPC_PORT:-9060}"
 DRAIN_SECONDS="${DRAIN_SECONDS:-120}"
 PROGRESS_SECONDS="${PROGRESS_SECONDS:-10}"
 STATS_FILE="$STATE_DIR/publisher-stats.json"
+IDS_FILE="$STATE_DIR/published-ids.txt"  # every published message id, for reconciliation
 PIPELINE_LOG="$STATE_DIR/pipeline.log"
 SIMULATOR_LOG="$STATE_DIR/simulator.log"
 LAUNCHER_LOG="$STATE_DIR/launcher.log"
@@ -76,7 +77,10 @@ SIMULATOR_PID=""
 LAUNCHER_PID=""
 HELPER_PID=""         # a long-running helper (drain wait), killed on exit
 EMULATORS_STARTED=0
-RUN_STATUS="error"    # completed | interrupted | setup_only | pipeline_died | simulator_failed | error
+# completed | interrupted | setup_only | pipeline_died | simulator_failed | error; the
+# summary turns "completed" into "incomplete" when published events never landed
+# (`unaccounted`, `events_not_processed`) or the pipeline did not drain.
+RUN_STATUS="error"
 DRAINED="null"
 FAILURE=""           # one-line reason when the run fails
 PIPELINE_EXIT="null"
@@ -114,6 +118,7 @@ summary_cmd() {
   local limit="$1" stats=()
   shift
   [ -f "$STATS_FILE" ] && stats=(--stats-file "$STATS_FILE")
+  [ -f "$IDS_FILE" ] && stats+=(--ids-file "$IDS_FILE")
   timeout "$limit" "$PY" -m local.summary --project "$PROJECT" --bq_dataset "$BQ_DATASET" \
     --config "$CONFIG" --started-at "$START_TS" ${stats[@]+"${stats[@]}"} "$@"
 }
@@ -150,7 +155,10 @@ cleanup() {
   if [[ "$summary" != "{"* ]]; then
     summary="{\"run_status\":\"$RUN_STATUS\",\"exit_code\":$rc,\"errors\":[\"no summary: set-up did not get far enough (see messages above)\"]}"
   fi
-  say "done ($RUN_STATUS); logs in $STATE_DIR"
+  # The summary may have turned "completed" into "incomplete" (events never landed).
+  local final_status
+  final_status="$(sed -n 's/.*"run_status":"\([a-z_]*\)".*/\1/p' <<<"$summary")"
+  say "done (${final_status:-$RUN_STATUS}); logs in $STATE_DIR"
   echo "$summary"
   exit "$rc"
 }
@@ -205,7 +213,7 @@ for name in pipeline simulator launcher; do
   rm -f "$STATE_DIR/$name.pid"
 done
 "$PY" -m local.emulators stop --state-dir "$STATE_DIR" 2>/dev/null || true
-rm -f "$STATS_FILE"
+rm -f "$STATS_FILE" "$IDS_FILE"
 
 say "starting emulators (Pub/Sub :$PUBSUB_PORT, BigQuery :$BQ_REST_PORT/:$BQ_GRPC_PORT)"
 EMULATORS_STARTED=1  # from here on, stop them on exit (stop is a no-op if none started)
@@ -283,7 +291,7 @@ setsid "$PY" -m simulator.publish simulate --config "$CONFIG" \
   --topic "projects/$PROJECT/topics/$TOPIC" --rate "$RATE" ${SIM_DURATION[@]+"${SIM_DURATION[@]}"} \
   --malformed-fraction 0.02 --late-fraction 0.02 --duplicate-fraction 0.01 \
   --day-origin "$DAY_ORIGIN" \
-  --stats-file "$STATS_FILE" ${SIMULATOR_ARGS:-} \
+  --stats-file "$STATS_FILE" --ids-file "$IDS_FILE" ${SIMULATOR_ARGS:-} \
   >"$SIMULATOR_LOG" 2>&1 </dev/null 9>&- &
 SIMULATOR_PID=$!
 echo "$SIMULATOR_PID" >"$STATE_DIR/simulator.pid"

@@ -142,6 +142,23 @@ class ValidationPolicy:
 
 
 @dataclasses.dataclass(frozen=True)
+class Limits:
+    """What the pipeline accepts before validating a message's fields.
+
+    A message over ``max_message_bytes``, or whose event time is more than
+    ``max_event_age_seconds`` before (or ``max_future_seconds`` after) the time
+    it was published, is a dead letter. ``max_event_age_seconds`` None means
+    the largest ``allowed_lateness_seconds`` of the windows: an accepted record
+    is then never too late for any window (on Dataflow, whose watermark follows
+    publish time).
+    """
+
+    max_message_bytes: int = 1_048_576
+    max_event_age_seconds: int | None = None
+    max_future_seconds: int = 300
+
+
+@dataclasses.dataclass(frozen=True)
 class TableNames:
     """BigQuery table names (inside the dataset given on the command line)."""
 
@@ -175,6 +192,14 @@ class DatasetConfig:
     description: str = ""
     source_path: str = ""
     validation: ValidationPolicy = ValidationPolicy()
+    limits: Limits = Limits()
+
+    @property
+    def max_event_age_seconds(self) -> int:
+        """``limits.max_event_age_seconds``, defaulting to the largest allowed lateness."""
+        if self.limits.max_event_age_seconds is not None:
+            return self.limits.max_event_age_seconds
+        return max(w.allowed_lateness_seconds for w in self.windows)
 
     @property
     def feature_names(self) -> tuple[str, ...]:
@@ -436,6 +461,29 @@ def _parse_validation(r: _Reader, raw: Any) -> ValidationPolicy:
     return ValidationPolicy(severity=tuple(sorted(pairs)))
 
 
+def _parse_limits(r: _Reader, raw: Any) -> Limits:
+    path = "limits"
+    m = r.mapping(raw or {}, path)
+    r.unknown_keys(m, {f.name for f in dataclasses.fields(Limits)}, path)
+    defaults = Limits()
+    limits = Limits(
+        max_message_bytes=r.get(m, "max_message_bytes", path, int, defaults.max_message_bytes),
+        max_event_age_seconds=r.get(m, "max_event_age_seconds", path, int, None),
+        max_future_seconds=r.get(m, "max_future_seconds", path, int, defaults.max_future_seconds),
+    )
+    if limits.max_message_bytes <= 0:
+        raise r.fail(f"{path}.max_message_bytes", "must be a positive number of bytes")
+    if limits.max_event_age_seconds is not None and limits.max_event_age_seconds < 0:
+        raise r.fail(
+            f"{path}.max_event_age_seconds",
+            "must be >= 0 (seconds an event may precede its publish time; "
+            "leave it out to use the windows' allowed lateness)",
+        )
+    if limits.max_future_seconds < 0:
+        raise r.fail(f"{path}.max_future_seconds", "must be >= 0")
+    return limits
+
+
 def _parse_tables(r: _Reader, raw: Any) -> TableNames:
     m = r.mapping(raw or {}, "tables")
     fields = {f.name for f in dataclasses.fields(TableNames)}
@@ -466,6 +514,7 @@ def config_from_dict(raw: Any, source: str = "<config>") -> DatasetConfig:
             "extra_fields",
             "evaluation_window_seconds",
             "validation",
+            "limits",
         },
         "",
     )
@@ -493,6 +542,7 @@ def config_from_dict(raw: Any, source: str = "<config>") -> DatasetConfig:
         evaluation_window_seconds=r.get(m, "evaluation_window_seconds", "", int, 60),
         source_path=source,
         validation=_parse_validation(r, m.get("validation")),
+        limits=_parse_limits(r, m.get("limits")),
     )
     if cfg.evaluation_window_seconds <= 0:
         raise r.fail("evaluation_window_seconds", "must be positive")

@@ -71,6 +71,7 @@ class SummaryContext:
     started_at: float | None = None
     duration_seconds: float | None = None
     errors: list[str] = dataclasses.field(default_factory=list)
+    ids_file: str | os.PathLike[str] | None = None
 
     def table_id(self, table: str) -> str:
         """Fully qualified ``project.dataset.table`` for use in SQL."""
@@ -227,6 +228,29 @@ def malformed_matching(ctx: SummaryContext) -> dict[str, Any]:
 
 
 @collector
+def reconciliation(ctx: SummaryContext) -> dict[str, Any]:
+    """Where every published message id ended up (``local.reconcile``).
+
+    ``unaccounted`` is None without an ids file or tables to look in.
+    """
+    out: dict[str, Any] = {"unaccounted": None}
+    if ctx.ids_file is None or ctx.config is None or ctx.client is None:
+        return out
+    from local.reconcile import read_ids, reconcile_tables
+
+    result = reconcile_tables(
+        ctx.client,
+        ctx.project,
+        ctx.dataset,
+        ctx.config,
+        read_ids(ctx.ids_file),
+        ctx.stats.get("duplicates_published"),
+    )
+    result.pop("duplicates_published")
+    return {"unaccounted": result.pop("unaccounted"), **result}
+
+
+@collector
 def predictions(ctx: SummaryContext) -> dict[str, Any]:
     """Predictions per model version and online quality (progressive validation)."""
     if ctx.config is None:
@@ -258,13 +282,15 @@ def predictions(ctx: SummaryContext) -> dict[str, Any]:
         }
     if ctx.config.label.source == "inline":
         # Inline labels are scored at once, so quality has caught up when the
-        # evaluation window holding the newest prediction has fired its ON_TIME pane.
+        # evaluation window holding the newest prediction has fired a pane. A
+        # LATE pane counts: a pipeline behind the local runner's wall-clock
+        # watermark scores its newest windows only in LATE panes.
         last_prediction = ctx.query_scalar(
             f"SELECT MAX(event_time) FROM `{ctx.table_id(t.predictions)}`"
         )
         last_window_end = ctx.query_scalar(
             f"SELECT MAX(window_end) FROM `{ctx.table_id(t.prediction_quality)}` "
-            "WHERE pane_timing = 'ON_TIME'"
+            "WHERE pane_timing IN ('ON_TIME', 'LATE')"
         )
         out["quality_caught_up"] = bool(
             last_prediction is not None
@@ -358,6 +384,7 @@ def build_summary(
     duration_seconds: float | None = None,
     extra: Mapping[str, Any] | None = None,
     query_bigquery: bool = True,
+    ids_file: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Builds the summary dict. Never raises for unreachable services or bad input
     files: problems are listed under ``"errors"`` and affected values are None.
@@ -372,6 +399,7 @@ def build_summary(
         duration_seconds: Explicit duration (wins over ``started_at``).
         extra: More keys to add verbatim (e.g. ``{"pipeline_status": "died"}``).
         query_bigquery: False: do not contact BigQuery (table values stay None).
+        ids_file: the publisher's ids file (``--ids-file``), for ``unaccounted``.
     """
     errors: list[str] = []
     try:
@@ -409,6 +437,7 @@ def build_summary(
         started_at=started_at,
         duration_seconds=duration_seconds,
         errors=errors,
+        ids_file=ids_file,
     )
     summary: dict[str, Any] = {}
     for fn in COLLECTORS:
@@ -417,8 +446,30 @@ def build_summary(
         except Exception as e:  # noqa: BLE001 - one failing collector must not hide the rest
             errors.append(f"{fn.__name__}: {type(e).__name__}: {e}")
     summary.update(extra or {})
+    summary.update(completion(summary))
     summary["errors"] = errors
     return summary
+
+
+def completion(summary: Mapping[str, Any]) -> dict[str, Any]:
+    """``events_not_processed`` and, for a run that says ``completed``, whether it was.
+
+    A run whose published events did not all land (``unaccounted`` > 0) or that
+    did not drain is ``incomplete``: the pipeline did not keep up (or lost them).
+    """
+    out: dict[str, Any] = {"events_not_processed": summary.get("unaccounted")}
+    if summary.get("run_status") != "completed":
+        return out
+    unaccounted = summary.get("unaccounted")
+    reasons = []
+    if unaccounted:
+        reasons.append(f"{unaccounted} published events never reached any table")
+    if summary.get("drained") is False:
+        reasons.append("the pipeline did not drain in time")
+    if reasons:
+        out["run_status"] = "incomplete"
+        out["incomplete_reason"] = "; ".join(reasons)
+    return out
 
 
 def _num(value: Any) -> str:
@@ -440,7 +491,8 @@ def progress_line(summary: Mapping[str, Any], elapsed_seconds: float | None = No
     dead = (
         f"dead letters {_num(summary.get('dead_letters'))} "
         f"(malformed matched {_num(summary.get('malformed_dead_lettered'))}"
-        f"/{_num(summary.get('malformed_published'))})"
+        f"/{_num(summary.get('malformed_published'))}) | "
+        f"unaccounted {_num(summary.get('unaccounted'))}"
     )
     line = f"{head}{published} | rows: {rows} | {dead}"
     if summary.get("errors"):
@@ -451,13 +503,20 @@ def progress_line(summary: Mapping[str, Any], elapsed_seconds: float | None = No
 def is_drained(summary: Mapping[str, Any], previous: Mapping[str, Any] | None) -> bool:
     """Whether the pipeline looks caught up with what the publisher sent.
 
-    True when all malformed messages are in the dead-letter table (by id when
-    the stats list them, else by count), the training row count did not change
-    since ``previous``, and (inline labels) online quality covers the newest
+    True when every published id is accounted for (with an ids file; else:
+    all malformed messages are in the dead-letter table, by id when the stats
+    list them, else by count), the training row count did not change since
+    ``previous``, and (inline labels) online quality covers the newest
     prediction's evaluation window.
     """
     if summary.get("errors") or previous is None:
         return False
+    if summary.get("unaccounted") is not None:
+        return (
+            summary["unaccounted"] == 0
+            and summary.get("training_rows") == previous.get("training_rows")
+            and summary.get("quality_caught_up") is not False
+        )
     ids_known = summary.get("malformed_dead_lettered") is not None and summary.get(
         "malformed_ids_count"
     )
@@ -521,6 +580,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--bq_project", help="project of the dataset (default: --project)")
     parser.add_argument("--config", help="dataset config (for table names)")
     parser.add_argument("--stats-file", help="the simulator's JSON stats file")
+    parser.add_argument(
+        "--ids-file", help="the simulator's published message ids (for `unaccounted`)"
+    )
     parser.add_argument("--started-at", type=float, help="run start, epoch seconds")
     parser.add_argument("--duration-seconds", type=float, help="run duration, if known")
     parser.add_argument(
@@ -570,6 +632,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             duration_seconds=args.duration_seconds,
             extra=dict(args.field),
             query_bigquery=not args.skip_bigquery,
+            ids_file=args.ids_file,
         )
 
     code = 0

@@ -1,7 +1,8 @@
 """The streaming pipeline: Pub/Sub events -> validated records -> BigQuery.
 
-    Pub/Sub ─ ReadEvents (event time from attribute, dedup by id)
-      └ ParseAndValidate ─┬─ dead letters ─────────────────────────┐
+    Pub/Sub ─ ReadEvents (publish-time timestamps, dedup by id)
+      └ ParseAndValidate (checks the event-time attribute, assigns event time)
+                          ┬─ dead letters ─────────────────────────┐
                           └ records                                 │
                               ├ FeatureRecords ─ WindowAndAggregate ─ WriteAggregates ─┤
                               │    └ PredictAndRecord (RunInference) ─ WritePredictions ┤

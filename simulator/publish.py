@@ -6,9 +6,9 @@ Usage::
         --topic projects/P/topics/T --rate 30 --duration 120 [--sensors 300] [--seed 7] \\
         [--day-seconds 600] [--day-origin EPOCH] [--drift-after SECONDS] \\
         [--malformed-fraction 0.02] [--late-fraction 0.0] [--late-seconds 60] \\
-        [--duplicate-fraction 0.0] [--stats-file PATH]
+        [--duplicate-fraction 0.0] [--stats-file PATH] [--ids-file PATH]
     python -m simulator.publish replay FILE --config CONFIG --topic T [--rate 100] \\
-        [--rebase-time] [--assume-utc] [--stats-file PATH]
+        [--rebase-time] [--assume-utc] [--stats-file PATH] [--ids-file PATH]
     python -m simulator.publish export-history --config configs/traffic.yaml \\
         --out FILE.jsonl|FILE.csv --events N [--end-time ISO|EPOCH] [--rate 10] ...
     python -m simulator.publish export-ads --out data/ad_conversions_sample.jsonl \\
@@ -126,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="fraction of extra copies of already-sent messages (same id attribute)",
     )
     p.add_argument("--stats-file", default=None, help="JSON stats, rewritten every ~2 s")
+    p.add_argument("--ids-file", default=None, help="append each published message id to this file")
 
     p = sub.add_parser("replay", help="replay a JSONL or CSV file in file order")
     p.add_argument("file", help="a .jsonl/.ndjson/.json (JSON Lines) or .csv file")
@@ -146,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
         "which the pipeline would dead-letter, with reason time_without_zone)",
     )
     p.add_argument("--stats-file", default=None, help="JSON stats, rewritten every ~2 s")
+    p.add_argument("--ids-file", default=None, help="append each published message id to this file")
 
     p = sub.add_parser("export-history", help="write simulated past traffic readings to a file")
     p.add_argument("--config", required=True, help="dataset config, e.g. configs/traffic.yaml")
@@ -227,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
                         duplicate_fraction=args.duplicate_fraction,
                     ),
                     stats_file=args.stats_file,
+                    ids_file=args.ids_file,
                     stop=stop,
                 )
         elif args.command == "replay":
@@ -241,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
                     rebase_time=args.rebase_time,
                     assume_utc=args.assume_utc,
                     stats_file=args.stats_file,
+                    ids_file=args.ids_file,
                     stop=stop,
                 )
         elif args.command == "export-history":

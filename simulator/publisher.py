@@ -75,17 +75,22 @@ class PublishLoop:
         stats_writer: StatsWriter,
         progress: Progress,
         stop: threading.Event,
+        ids_file: str | None = None,
     ):
         self.sink = sink
         self.stats = stats
         self.writer = stats_writer
         self.progress = progress
         self.stop = stop
+        # One published message id per line (duplicates not repeated), for reconciliation.
+        self.ids = open(ids_file, "a", encoding="utf-8", buffering=1) if ids_file else None  # noqa: SIM115
 
     def send(self, msg: OutMessage, duplicate: bool = False) -> None:
         """Publishes one message and counts it (the only place either happens)."""
         self.sink.publish(msg)
         self.stats.record(msg, duplicate=duplicate)
+        if self.ids is not None and not duplicate:
+            self.ids.write(f"{msg.message_id}\n")
 
     def tick(self) -> None:
         self.sink.poll()
@@ -107,6 +112,8 @@ class PublishLoop:
         finally:
             self.writer.write(self.stats, running=False)
             self.progress.finish(self.stats)
+            if self.ids is not None:
+                self.ids.close()
 
 
 def run_simulate(
@@ -122,6 +129,7 @@ def run_simulate(
     drift_after: float | None = None,
     injection: InjectionOptions | None = None,
     stats_file: str | None = None,
+    ids_file: str | None = None,
     sink: Sink | None = None,
     stop: threading.Event | None = None,
     clock: Callable[[], float] = time.time,
@@ -170,6 +178,7 @@ def run_simulate(
         StatsWriter(stats_file, clock=clock),
         Progress(total, progress_stream, clock=clock),
         stop,
+        ids_file,
     )
     rng = random.Random(f"simulator.publish/{seed}")
     recent: collections.deque[OutMessage] = collections.deque(maxlen=1000)
@@ -229,6 +238,7 @@ def run_replay(
     rebase_time: bool = False,
     assume_utc: bool = False,
     stats_file: str | None = None,
+    ids_file: str | None = None,
     sink: Sink | None = None,
     stop: threading.Event | None = None,
     clock: Callable[[], float] = time.time,
@@ -263,6 +273,7 @@ def run_replay(
         StatsWriter(stats_file, clock=clock),
         Progress(None, progress_stream, clock=clock),
         stop,
+        ids_file,
     )
     index = 0
     last_rebased = -math.inf

@@ -1,12 +1,15 @@
-"""Read events from Pub/Sub with event time and drop redelivered duplicates.
+"""Read events from Pub/Sub and drop redelivered duplicates.
 
 Pub/Sub delivers at least once, and publishers retry, so one logical message
 can arrive more than once with the same id attribute. On Dataflow,
 ``ReadFromPubSub(id_label=...)`` deduplicates at the source; the local
 DirectRunner rejects ``id_label`` (NotImplementedError, Beam 2.77), so this
 module also deduplicates inside the pipeline with a stateful DoFn keyed by the
-id attribute. The in-pipeline step behaves the same on both runners and counts
-what it drops.
+id attribute (state per id, expired by a processing-time timer). The
+in-pipeline step behaves the same on both runners and counts what it drops.
+
+Messages leave ``ReadEvents`` with their publish time as timestamp; event time
+is assigned by ``transforms.validation.ParseAndValidate`` once it is valid.
 """
 
 from __future__ import annotations
@@ -14,10 +17,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-import zlib
+from collections.abc import Callable
+from typing import Any
 
 import apache_beam as beam
-from apache_beam.coders import PickleCoder
+from apache_beam.coders import BooleanCoder
 from apache_beam.io.gcp.pubsub import PubsubMessage, ReadFromPubSub
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.timeutil import TimeDomain
@@ -47,89 +51,90 @@ def message_id(message: PubsubMessage, id_attribute: str) -> str:
     return f"payload:{digest.hexdigest()}"
 
 
-DEDUP_SHARDS = 16
-
-
-def dedup_shard(message_key: str) -> int:
-    """A stable shard for a message id (state is kept per shard, not per id)."""
-    return zlib.crc32(message_key.encode("utf-8")) % DEDUP_SHARDS
-
-
 class _DeduplicateFn(beam.DoFn):
-    """Emits the first message per id; remembers ids for a processing-time window.
+    """Emits the first message per id; forgets the id ``window_seconds`` later.
 
-    State is sharded: each of ``DEDUP_SHARDS`` keys holds ``{id: expiry}`` and one
-    cleanup timer. One key (and timer) per message id would be simpler, but
-    runners scan keyed timers, and the local DirectRunner's cost grows with
-    their number (measured: over half of its CPU with per-id keys).
+    Keyed by message id: one small state cell and one processing-time timer
+    per id, so no key is hot and state is bounded by the ids seen within one
+    window. ``clock`` gives processing time "now" in epoch seconds (the
+    timer's time domain); tests pass one aligned with TestStream's clock.
+
+    The local legacy DirectRunner never forgets a key and visits every key's
+    timers on each scheduling pass, so there this step slows down with the
+    number of ids seen (``python -m benchmarks.dedup``); Dataflow has no such cost.
     """
 
-    SEEN = ReadModifyWriteStateSpec("seen", PickleCoder())
-    CLEANUP = TimerSpec("cleanup", TimeDomain.REAL_TIME)
+    SEEN = ReadModifyWriteStateSpec("seen", BooleanCoder())
+    EXPIRY = TimerSpec("expiry", TimeDomain.REAL_TIME)
 
-    def __init__(self, window_seconds: int):
+    def __init__(self, window_seconds: int, clock: Callable[[], float]):
         self._window = window_seconds
+        self._clock = clock
         self._unique = Metrics.counter(NAMESPACE, "messages_unique")
         self._duplicates = Metrics.counter(NAMESPACE, "duplicates_dropped")
+        self._expired = Metrics.counter(NAMESPACE, "dedup_ids_expired")
 
     def process(
         self,
-        element,
+        element: tuple[str, PubsubMessage],
         seen=beam.DoFn.StateParam(SEEN),
-        cleanup=beam.DoFn.TimerParam(CLEANUP),
+        expiry=beam.DoFn.TimerParam(EXPIRY),
     ):
-        _, (message_key, message) = element
-        now = time.time()
-        ids = seen.read() or {}
-        if ids.get(message_key, 0.0) > now:
+        _, message = element
+        if seen.read():
             self._duplicates.inc()
             return
-        if not ids:
-            cleanup.set(Timestamp.of(now + self._window))
-        ids[message_key] = now + self._window
-        seen.write(ids)
+        seen.write(True)
+        expiry.set(Timestamp.of(self._clock() + self._window))
         self._unique.inc()
         yield message
 
-    @on_timer(CLEANUP)
-    def expire(self, seen=beam.DoFn.StateParam(SEEN), cleanup=beam.DoFn.TimerParam(CLEANUP)):
-        now = time.time()
-        ids = {k: t for k, t in (seen.read() or {}).items() if t > now}
-        if ids:
-            seen.write(ids)
-            cleanup.set(Timestamp.of(min(ids.values())))
-        else:
-            seen.clear()
+    @on_timer(EXPIRY)
+    def expire(self, seen=beam.DoFn.StateParam(SEEN)):
+        seen.clear()
+        self._expired.inc()
 
 
 class DeduplicateMessages(beam.PTransform):
-    """Drops messages whose id was already seen within ``window_seconds``."""
+    """Drops messages whose id was already seen within ``window_seconds`` (processing time).
 
-    def __init__(self, id_attribute: str, window_seconds: int):
+    Args:
+        id_attribute: the attribute holding the message's unique id.
+        window_seconds: how long an id is remembered after its first message.
+        clock: processing-time "now", epoch seconds (default: the wall clock).
+    """
+
+    def __init__(
+        self, id_attribute: str, window_seconds: int, clock: Callable[[], float] = time.time
+    ):
         super().__init__()
         self._id_attribute = id_attribute
         self._window_seconds = window_seconds
+        self._clock = clock
 
     def expand(self, messages):
         id_attribute = self._id_attribute
-
-        def keyed(m):
-            key = message_id(m, id_attribute)
-            return dedup_shard(key), (key, m)
-
         return (
             messages
-            | "KeyByMessageId" >> beam.Map(keyed)
-            | "DropDuplicates" >> beam.ParDo(_DeduplicateFn(self._window_seconds))
+            | "KeyByMessageId"
+            >> beam.Map(lambda m: (message_id(m, id_attribute), m)).with_output_types(
+                tuple[str, Any]
+            )
+            | "DropDuplicates" >> beam.ParDo(_DeduplicateFn(self._window_seconds, self._clock))
         )
 
 
 class ReadEvents(beam.PTransform):
-    """Reads PubsubMessages with event time from the config's attribute, deduplicated.
+    """Reads PubsubMessages, timestamped with their publish time, deduplicated.
+
+    The source is read without ``timestamp_attribute``: a message whose
+    attribute does not parse would otherwise fail the source itself (the local
+    runner drops the whole pull; Dataflow retries it forever).
+    ``ParseAndValidate`` checks the attribute and assigns event time.
 
     Args:
         subscription: ``projects/<p>/subscriptions/<s>``.
-        config: the dataset config (event-time and id attribute names).
+        config: the dataset config (the id attribute name).
         dedup_window_seconds: how long an id is remembered.
         source_dedup: also pass ``id_label`` to the source (Dataflow only).
     """
@@ -155,7 +160,6 @@ class ReadEvents(beam.PTransform):
             >> ReadFromPubSub(
                 subscription=self._subscription,
                 with_attributes=True,
-                timestamp_attribute=cfg.event_time_attribute,
                 id_label=cfg.id_attribute if self._source_dedup else None,
             )
             | "Deduplicate" >> DeduplicateMessages(cfg.id_attribute, self._dedup_window_seconds)

@@ -26,12 +26,13 @@ def failed_insert_row(failed, step: str) -> dict:
     """A dead-letter row for one row BigQuery refused: ``(table, row, errors)``."""
     destination, row, errors = failed
     payload = json.dumps(row, sort_keys=True, default=str)
+    ids = row if isinstance(row, dict) else {}
     return dead_letter_row(
         payload,
         {"destination": str(destination)},
         f"BigQuery insert into {destination} failed: {errors}",
         step,
-        message_id=row.get("ingestion_id") or row.get("messageId"),
+        message_id=ids.get("ingestion_id") or ids.get("messageId"),
     )
 
 

@@ -5,6 +5,14 @@ expected features present, no unexpected features, expected types, values in
 range, expected number of values (one per feature). A message that fails any
 check becomes a dead-letter row (Pub/Sub-to-BigQuery template error shape);
 none is dropped silently.
+
+Event time is assigned here, not by the Pub/Sub source: the message's
+event-time attribute is parsed (RFC 3339 with a zone, or integer epoch
+milliseconds as Beam's ``timestamp_attribute`` accepts), must agree with the
+payload's event-time field, and must lie within ``limits`` of the message's
+publish time (its timestamp from the source). Only then is the record
+re-timestamped with its event time. A message whose attribute is missing or
+does not parse is a dead letter instead of an exception in the source.
 """
 
 from __future__ import annotations
@@ -21,6 +29,8 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.pvalue import TaggedOutput
+from apache_beam.transforms.window import TimestampedValue
+from apache_beam.utils.timestamp import MAX_TIMESTAMP, MIN_TIMESTAMP
 
 from dataset import times
 from dataset.config import DatasetConfig, FeatureSpec
@@ -102,6 +112,43 @@ def _key_value(payload: Mapping[str, Any], field: str, what: str) -> str:
     return str(value)
 
 
+def _when(seconds: float) -> str:
+    """``utc_iso`` for messages; the raw number when it is not a representable time."""
+    try:
+        return utc_iso(seconds)
+    except (ValueError, OverflowError, OSError):
+        return repr(seconds)
+
+
+def _json_kind(value: Any) -> str:
+    if isinstance(value, list):
+        return "array"
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    return type(value).__name__
+
+
+def _non_finite_fields(value: Any, path: str = "") -> list[str]:
+    """Paths of NaN/Infinity floats anywhere in a decoded JSON value."""
+    if isinstance(value, float):
+        return [] if math.isfinite(value) else [path or "(payload)"]
+    if isinstance(value, dict):
+        return [
+            p
+            for k, v in value.items()
+            for p in _non_finite_fields(v, f"{path}.{k}" if path else str(k))
+        ]
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in _non_finite_fields(v, f"{path}[{i}]")]
+    return []
+
+
 def validate_payload(
     payload: Any, config: DatasetConfig, message_id: str, element_time: float | None = None
 ) -> Record:
@@ -111,7 +158,7 @@ def validate_payload(
         payload: the decoded JSON value of the message.
         config: the dataset config.
         message_id: the message's unique id (its id attribute).
-        element_time: the event time Beam assigned from the message attribute;
+        element_time: the event time in the message's event-time attribute;
             when given, it must agree with the payload's event-time field.
 
     Returns:
@@ -122,15 +169,24 @@ def validate_payload(
         RecordError: naming every problem found.
     """
     if not isinstance(payload, dict):
-        raise RecordError(f"expected a JSON object, got {type(payload).__name__}")
+        raise RecordError(
+            f"payload is a JSON {_json_kind(payload)}, expected a JSON object "
+            "with the config's fields"
+        )
+    bad = sorted(_non_finite_fields(payload))
+    if bad:
+        raise RecordError(f"fields {bad} hold NaN or Infinity; only finite numbers are valid")
     label_spec = config.label
     if config.event_time_field not in payload:
         raise RecordError(f"event-time field {config.event_time_field!r} is missing")
     event_time = parse_event_time(payload[config.event_time_field], config.event_time_format)
-    if element_time is not None and abs(element_time - event_time) > EVENT_TIME_TOLERANCE_SECONDS:
+    # Written so that a NaN attribute time disagrees (NaN compares False).
+    if element_time is not None and not (
+        abs(element_time - event_time) <= EVENT_TIME_TOLERANCE_SECONDS
+    ):
         raise RecordError(
-            f"event-time attribute {config.event_time_attribute!r} ({utc_iso(element_time)}) "
-            f"disagrees with field {config.event_time_field!r} ({utc_iso(event_time)})"
+            f"event-time attribute {config.event_time_attribute!r} ({_when(element_time)}) "
+            f"disagrees with field {config.event_time_field!r} ({_when(event_time)})"
         )
     is_label_message = label_spec.source == "separate" and label_spec.field in payload
     if is_label_message:
@@ -196,20 +252,112 @@ def validate_payload(
     }
 
 
+def _reject_constant(name: str) -> float:
+    raise RecordError(
+        f"payload contains {name}: NaN and Infinity are not valid JSON numbers; "
+        "publish finite numbers (or leave the field out)"
+    )
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise RecordError(f"payload number {text} is out of range (not a finite float)")
+    return value
+
+
+def decode_payload(data: bytes | None, max_bytes: int) -> Any:
+    """Decodes message bytes as strict JSON: UTF-8, finite numbers, within ``max_bytes``."""
+    if not data:
+        raise RecordError("payload is empty: expected a JSON object")
+    if len(data) > max_bytes:
+        raise RecordError(
+            f"payload is {len(data)} bytes, over limits.max_message_bytes ({max_bytes})"
+        )
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise RecordError(f"payload is not UTF-8: {e}") from e
+    try:
+        return json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+    except json.JSONDecodeError as e:
+        raise RecordError(f"payload is not valid JSON: {e}") from e
+
+
+def attribute_event_time(attributes: Mapping[str, str], config: DatasetConfig) -> float:
+    """The event time in the message's event-time attribute, as epoch seconds.
+
+    Accepts what Beam's ``timestamp_attribute`` accepts: RFC 3339 with a zone,
+    or integer milliseconds since the epoch.
+    """
+    name = config.event_time_attribute
+    value = attributes.get(name)
+    if value is None or not str(value).strip():
+        raise RecordError(
+            f"event-time attribute {name!r} is missing: publish each message with it "
+            "set to the event time (RFC 3339 with a zone, or epoch milliseconds)"
+        )
+    text = str(value).strip()
+    if text.lstrip("-").isdigit():
+        return int(text) / 1000.0
+    try:
+        return times.parse_event_time(text, "iso8601")
+    except times.EventTimeError as e:
+        raise RecordError(
+            f"event-time attribute {name!r} does not parse ({e}); expected RFC 3339 "
+            "with a zone, e.g. 2024-01-01T00:00:00Z, or integer epoch milliseconds"
+        ) from e
+
+
+def check_event_time_window(event_time: float, published: float, config: DatasetConfig) -> None:
+    """Rejects an event time too far before or after its message's publish time."""
+    age = published - event_time
+    max_age = config.max_event_age_seconds
+    if age > max_age:
+        raise RecordError(
+            f"event time {_when(event_time)} is {age:.0f} s before the message was "
+            f"published ({_when(published)}), more than limits.max_event_age_seconds "
+            f"({max_age}); it would be too late for the windows. Raise the limit to "
+            "accept old events (e.g. a replay), or rebase their times"
+        )
+    ahead = event_time - published
+    if ahead > config.limits.max_future_seconds:
+        raise RecordError(
+            f"event time {_when(event_time)} is {ahead:.0f} s after the message was "
+            f"published ({_when(published)}), more than limits.max_future_seconds "
+            f"({config.limits.max_future_seconds}): check the publisher's clock"
+        )
+
+
 def parse_message(
-    data: bytes, attributes: Mapping[str, str], config: DatasetConfig, element_time: float | None
+    data: bytes | None,
+    attributes: Mapping[str, str],
+    config: DatasetConfig,
+    published: float | None = None,
 ) -> Record:
-    """Decodes and validates one Pub/Sub message (payload bytes + attributes)."""
+    """Decodes and validates one Pub/Sub message (payload bytes + attributes).
+
+    Args:
+        data: the payload bytes.
+        attributes: the message attributes (id and event-time attributes).
+        config: the dataset config.
+        published: the message's publish time, epoch seconds; None skips the
+            event-time window check (``limits``).
+    """
     message_id = attributes.get(config.id_attribute)
     if not message_id:
         raise RecordError(f"id attribute {config.id_attribute!r} is missing")
-    try:
-        payload = json.loads(data.decode("utf-8"))
-    except UnicodeDecodeError as e:
-        raise RecordError(f"payload is not UTF-8: {e}") from e
-    except json.JSONDecodeError as e:
-        raise RecordError(f"payload is not valid JSON: {e}") from e
-    return validate_payload(payload, config, message_id, element_time)
+    payload = decode_payload(data, config.limits.max_message_bytes)
+    attribute_time = attribute_event_time(attributes, config)
+    record = validate_payload(payload, config, message_id, attribute_time)
+    if _when(record["event_time"]) == repr(record["event_time"]):
+        raise RecordError(
+            f"event time {record['event_time']!r} s since the epoch is not a representable "
+            "date (years 1-9999)"
+        )
+    if published is not None:
+        check_event_time_window(record["event_time"], published, config)
+    return record
 
 
 def dead_letter_row(
@@ -239,8 +387,20 @@ def dead_letter_row(
     }
 
 
+def _publish_time(timestamp: Any) -> float | None:
+    """The element's timestamp from the source (publish time), None if it has none."""
+    if timestamp is None or timestamp <= MIN_TIMESTAMP or timestamp >= MAX_TIMESTAMP:
+        return None
+    return float(timestamp)
+
+
 class _ParseAndValidateFn(beam.DoFn):
-    """Decodes a PubsubMessage; valid records out, dead-letter rows tagged."""
+    """Decodes a PubsubMessage; valid records out with event time, dead-letter rows tagged.
+
+    No exception escapes for a record: a ``RecordError`` names what is wrong
+    with the message; anything else is a bug, dead-lettered with its type and
+    counted (``records_failed_unexpectedly``) rather than failing the bundle.
+    """
 
     def __init__(self, config: DatasetConfig, step: str):
         self._config = config
@@ -248,35 +408,44 @@ class _ParseAndValidateFn(beam.DoFn):
         self._parsed = Metrics.counter(NAMESPACE, "messages_parsed")
         self._valid = Metrics.counter(NAMESPACE, "records_valid")
         self._invalid = Metrics.counter(NAMESPACE, "records_dead_lettered")
+        self._unexpected = Metrics.counter(NAMESPACE, "records_failed_unexpectedly")
         self._labels = Metrics.counter(NAMESPACE, "label_messages")
 
     def process(self, message, timestamp=beam.DoFn.TimestampParam):
         self._parsed.inc()
-        attributes = dict(message.attributes or {})
+        attributes = dict(getattr(message, "attributes", None) or {})
+        data = getattr(message, "data", None)
         try:
-            record = parse_message(message.data, attributes, self._config, float(timestamp))
+            record = parse_message(data, attributes, self._config, _publish_time(timestamp))
         except RecordError as e:
-            self._invalid.inc()
-            yield TaggedOutput(
-                DEAD_LETTER,
-                dead_letter_row(
-                    message.data,
-                    attributes,
-                    str(e),
-                    self._step,
-                    traceback.format_exc(limit=3),
-                    attributes.get(self._config.id_attribute),
-                ),
-            )
+            error = str(e)
+        except Exception as e:  # noqa: BLE001 - a record must never fail the bundle
+            self._unexpected.inc()
+            _LOG.exception("Unexpected error validating message %s", attributes)
+            error = f"unexpected {type(e).__name__} while validating: {e}"
+        else:
+            self._valid.inc()
+            if record["kind"] == "label":
+                self._labels.inc()
+            yield TimestampedValue(record, record["event_time"])
             return
-        self._valid.inc()
-        if record["kind"] == "label":
-            self._labels.inc()
-        yield record
+        self._invalid.inc()
+        yield TaggedOutput(
+            DEAD_LETTER,
+            dead_letter_row(
+                data,
+                attributes,
+                error,
+                self._step,
+                traceback.format_exc(limit=3),
+                attributes.get(self._config.id_attribute),
+            ),
+        )
 
 
 class ParseAndValidate(beam.PTransform):
-    """PubsubMessages -> valid records (main) and dead-letter rows (``dead_letter``)."""
+    """PubsubMessages -> valid records (main, timestamped with their event time)
+    and dead-letter rows (``dead_letter``)."""
 
     def __init__(self, config: DatasetConfig):
         super().__init__()

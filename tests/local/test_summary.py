@@ -281,6 +281,17 @@ def test_quality_caught_up_once_the_newest_predictions_window_fired(
     result = build()
     assert result["quality_caught_up"] is True
     assert result["accuracy_by_model_version"] == {"v1": 0.75}
+    # A pipeline behind the wall-clock watermark scores its newest window only in
+    # a LATE pane; that pane covers the newest prediction too.
+    late = {**prediction, "example_id": "e2", "event_time": "2024-01-01T00:02:30Z"}
+    _insert(bigquery_client, f"{prefix}.predictions", [late])
+    assert build()["quality_caught_up"] is False
+    _insert(
+        bigquery_client,
+        f"{prefix}.prediction_quality",
+        [{**quality("2024-01-01T00:02:00Z", "2024-01-01T00:03:00Z"), "pane_timing": "LATE"}],
+    )
+    assert build()["quality_caught_up"] is True
 
 
 @pytest.mark.emulators
@@ -314,3 +325,41 @@ def test_cli_wait_drained(bigquery_emulator, gcp_project, unique_name, tmp_path,
     captured = capsys.readouterr()
     assert "draining: published 10 events" in captured.err
     assert json.loads(captured.out)["malformed_dead_lettered"] == 0
+
+
+def test_a_completed_run_with_unprocessed_events_is_incomplete():
+    done = {"run_status": "completed", "unaccounted": 0, "drained": True}
+    assert summary.completion(done) == {"events_not_processed": 0}
+    behind = summary.completion({**done, "unaccounted": 77})
+    assert behind["run_status"] == "incomplete" and behind["events_not_processed"] == 77
+    assert "77 published events never reached any table" in behind["incomplete_reason"]
+    assert summary.completion({**done, "drained": False})["run_status"] == "incomplete"
+    # Other statuses (a died pipeline, an interrupted run) are kept as they are.
+    assert "run_status" not in summary.completion({**done, "run_status": "interrupted"})
+
+
+def test_is_drained_waits_for_every_published_id():
+    base = {"errors": [], "training_rows": 50, "malformed_published": 0, "dead_letters": 0}
+    assert summary.is_drained({**base, "unaccounted": 0}, {"training_rows": 50})
+    assert not summary.is_drained({**base, "unaccounted": 3}, {"training_rows": 50})
+
+
+@pytest.mark.emulators
+def test_summary_reconciles_published_ids(bigquery_client, gcp_project, unique_name, tmp_path):
+    resources.ensure_bigquery_tables(gcp_project, unique_name, TRAFFIC, client=bigquery_client)
+    prefix = f"{gcp_project}.{unique_name}"
+    _insert(bigquery_client, f"{prefix}.training_examples", [_training(i) for i in range(2)])
+    _insert(bigquery_client, f"{prefix}.dead_letter", [_dead_letter("m3")])
+    ids = tmp_path / "ids.txt"
+    ids.write_text("m0\nm1\nm3\nm4\n")
+    result = summary.build_summary(
+        gcp_project,
+        unique_name,
+        TRAFFIC,
+        _write_stats(tmp_path),
+        extra={"run_status": "completed", "drained": True},
+        ids_file=ids,
+    )
+    assert result["errors"] == []
+    assert result["unaccounted"] == 1 and result["unaccounted_examples"] == ["m4"]
+    assert result["run_status"] == "incomplete" and result["events_not_processed"] == 1

@@ -131,13 +131,15 @@ def test_job_is_streaming_runner_v2(job):
     assert job_summary(job)["streaming"] is True
 
 
-def test_pubsub_read_dedups_at_the_source_with_event_time(transforms):
+def test_pubsub_read_dedups_at_the_source_and_leaves_event_time_to_validation(transforms):
     reads = [t for t in transforms.values() if t.spec.urn == "beam:transform:pubsub_read:v1"]
     assert [t.unique_name for t in reads] == ["ReadEvents/ReadFromPubSub/Read"]
     payload = beam_runner_api_pb2.PubSubReadPayload.FromString(reads[0].spec.payload)
     assert payload.subscription == "projects/demo-project/subscriptions/traffic"
     assert payload.id_attribute == "message_id"  # id_label: Dataflow drops redeliveries
-    assert payload.timestamp_attribute == "event_time"  # event time from the attribute
+    # No timestamp_attribute: a bad event-time attribute would fail the read itself (a
+    # poison message). ParseAndValidate checks the attribute and assigns the event time.
+    assert payload.timestamp_attribute == ""
     assert payload.with_attributes
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -37,6 +38,9 @@ def test_traffic_events_land_in_bigquery_with_every_malformed_message_dead_lette
         (traffic_payload(occupancy=[0.1, 0.2], t=now), _attrs(now, "bad-valency")),
     ]
     duplicates = valid[:5]  # redelivered: same message id
+    # Published after the duplicates: once it has landed, the pulls that held
+    # the duplicates were processed (the emulator delivers in publish order).
+    sentinel = (traffic_payload("S-sentinel", now, congested=0), _attrs(now, "sentinel"))
     log = tmp_path / "pipeline.log"
     with running_pipeline(
         gcp_project, "configs/traffic.yaml", subscription, unique_name, log
@@ -52,16 +56,24 @@ def test_traffic_events_land_in_bigquery_with_every_malformed_message_dead_lette
             )
 
         wait_until(landed, timeout=150, proc=proc, log_path=log)
-        time.sleep(4)  # a duplicate written late would show up now
+        publish(gcp_project, unique_name, [sentinel])
+        wait_until(
+            lambda: count(
+                bigquery_client, unique_name, "training_examples", "example_id='sentinel'"
+            ),
+            timeout=60,
+            proc=proc,
+            log_path=log,
+        )
 
-    assert count(bigquery_client, unique_name, "training_examples") == 60
+    assert count(bigquery_client, unique_name, "training_examples") == 61
     ids = {
         row["example_id"]
         for row in bigquery_client.query(
             f"SELECT example_id FROM `{unique_name}.training_examples`"
         ).result()
     }
-    assert ids == {f"v{i}" for i in range(60)}
+    assert ids == {f"v{i}" for i in range(60)} | {"sentinel"}
     dead = {
         row["messageId"]: row
         for row in bigquery_client.query(
@@ -79,7 +91,8 @@ def test_traffic_events_land_in_bigquery_with_every_malformed_message_dead_lette
     # before or after its window closes depends on timing, so it counts in the
     # ON_TIME pane or in a LATE one. Panes accumulate: the last pane holds every
     # event exactly once; a sensor has at most one ON_TIME pane and no EARLY one.
-    assert _final_fixed_counts(bigquery_client, unique_name) == {"S0": 20, "S1": 20, "S2": 20}
+    final = _final_fixed_counts(bigquery_client, unique_name)
+    assert {s: final.get(s) for s in ("S0", "S1", "S2")} == {"S0": 20, "S1": 20, "S2": 20}
     panes = list(
         bigquery_client.query(
             f"SELECT sensor_id, pane_timing, pane_index FROM `{unique_name}.aggregates` "
@@ -143,8 +156,9 @@ def test_second_dataset_joins_late_labels(
         wait_for_start(proc, log)
         now = time.time()  # the labels' 25 s deadline counts from here
         publish(gcp_project, unique_name, [impression(i, now) for i in range(20)])
-        time.sleep(3)
-        later = time.time()
+        # Conversions happen 3 s after the impressions (event time; the join
+        # takes either order, so nothing needs to wait for the impressions).
+        later = now + 3
         conversions = [
             (
                 {"impression_id": f"imp{i}", "converted": 1, "ts_millis": int(later * 1000)},
@@ -184,3 +198,70 @@ def test_second_dataset_joins_late_labels(
     )
     assert [(d["messageId"], d["step"]) for d in dead] == [("orphan", "JoinLabels")]
     assert "no feature message" in dead[0]["errorMessage"]
+
+
+def test_poison_messages_are_dead_lettered_and_the_pipeline_keeps_running(
+    gcp_project, pubsub_emulator, bigquery_client, unique_name, tmp_path
+):
+    """Issue 9's poison kinds, published into a running pipeline, then valid messages."""
+    _, subscription = ensure_pubsub(gcp_project, unique_name, f"{unique_name}-sub")
+    log = tmp_path / "pipeline.log"
+    with running_pipeline(
+        gcp_project, "configs/traffic.yaml", subscription, unique_name, log
+    ) as proc:
+        wait_for_start(proc, log)
+        now = time.time()
+        text = json.dumps(traffic_payload("S1", now))
+        poison = [
+            # Used to fail the source's whole pull (timestamp_attribute).
+            (text.encode(), {"event_time": "not-a-time", "message_id": "p-bad-attr"}),
+            (text.encode(), {"event_time": "NaN", "message_id": "p-nan-attr"}),
+            (text.encode(), {"message_id": "p-no-attr"}),
+            (
+                text.replace(json.dumps(utc_iso(now)), "NaN").encode(),
+                _attrs(now, "p-nan-payload"),
+            ),
+            (b"\xff\xfe\x00garbage", _attrs(now, "p-non-utf8")),
+        ]
+        before = [
+            (traffic_payload(f"S{i}", now, congested=0), _attrs(now, f"before{i}"))
+            for i in range(5)
+        ]
+        after = [
+            (traffic_payload(f"S{i}", now, congested=1), _attrs(now, f"after{i}")) for i in range(5)
+        ]
+        publish(gcp_project, unique_name, before + poison)
+        wait_until(
+            lambda: count(bigquery_client, unique_name, "dead_letter") >= len(poison),
+            timeout=120,
+            proc=proc,
+            log_path=log,
+        )
+        publish(gcp_project, unique_name, after)  # the pipeline still runs
+        wait_until(
+            lambda: count(bigquery_client, unique_name, "training_examples") >= 10,
+            timeout=120,
+            proc=proc,
+            log_path=log,
+        )
+        assert proc.poll() is None
+    ids = {
+        row["example_id"]
+        for row in bigquery_client.query(
+            f"SELECT example_id FROM `{unique_name}.training_examples`"
+        ).result()
+    }
+    assert ids == {f"before{i}" for i in range(5)} | {f"after{i}" for i in range(5)}
+    dead = {
+        row["messageId"]: row["errorMessage"]
+        for row in bigquery_client.query(
+            f"SELECT messageId, errorMessage FROM `{unique_name}.dead_letter`"
+        ).result()
+    }
+    assert set(dead) == {attrs["message_id"] for _, attrs in poison}
+    assert "'event_time' does not parse" in dead["p-bad-attr"]
+    assert "'event_time' does not parse" in dead["p-nan-attr"]
+    assert "'event_time' is missing" in dead["p-no-attr"]
+    assert "contains NaN" in dead["p-nan-payload"]
+    assert "not UTF-8" in dead["p-non-utf8"]
+    assert "Exception at bundle" not in log.read_text(errors="replace")

@@ -7,11 +7,26 @@ it; there is no second validator to drift away from the pipeline's rules.
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Mapping
 
 from dataset.config import DatasetConfig
-from dataset.times import parse_event_time
 from transforms.validation import RecordError, parse_message
+
+
+def _attribute_from_payload(data: bytes, config: DatasetConfig) -> str | None:
+    """The payload's event time as an attribute value (ISO text as is, numbers as millis)."""
+    try:
+        value = json.loads(data).get(config.event_time_field)
+    except (ValueError, AttributeError):
+        return None
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        millis = value if config.event_time_format == "epoch_millis" else value * 1000
+        return str(int(millis))
+    return None
 
 
 def problems(
@@ -27,11 +42,13 @@ def problems(
     """
     attributes = dict(attributes or {})
     attributes.setdefault(config.id_attribute, "test-message")
-    element_time = None
-    if config.event_time_attribute in attributes:
-        element_time = parse_event_time(attributes[config.event_time_attribute], "iso8601")
+    if config.event_time_attribute not in attributes:
+        # As the publisher does: the attribute carries the payload's event time.
+        derived = _attribute_from_payload(data, config)
+        if derived is not None:
+            attributes[config.event_time_attribute] = derived
     try:
-        parse_message(data, attributes, config, element_time)
+        parse_message(data, attributes, config)
     except RecordError as e:
         return [str(e)]
     return []

@@ -514,7 +514,11 @@ def test_replay_skips_times_without_a_zone_by_default(tmp_path, caplog):
     # The pipeline would indeed have refused them.
     record = json.loads(f.read_text().splitlines()[0])
     with pytest.raises(RecordError, match="without a timezone"):
-        parse_message(json.dumps(record).encode(), {"message_id": "x"}, TRAFFIC, None)
+        parse_message(
+            json.dumps(record).encode(),
+            {"message_id": "x", "event_time": record["event_time"]},
+            TRAFFIC,
+        )
 
 
 @pytest.mark.parametrize("flag", ["assume_utc", "rebase_time"])
