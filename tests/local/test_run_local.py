@@ -67,7 +67,11 @@ def test_setup_only_creates_resources_and_cleans_up(tmp_path):
     assert summary["errors"] == []
     assert summary["failure"] is None
     assert {"aggregates", "training_examples", "dead_letter"} <= set(summary["tables"])
-    assert all(n == 0 for n in summary["tables"].values())
+    # The first model is one run of the trainer, so its statuses are the only rows.
+    assert {t: n for t, n in summary["tables"].items() if n} == {
+        "training_runs": summary["tables"]["training_runs"]
+    }
+    assert summary["training_runs_by_status"] == {"succeeded": 1}
     state_dir = tmp_path / "run"
     assert (state_dir / "bigquery-emulator.log").is_file()
     _assert_nothing_left(state_dir, ports)

@@ -73,6 +73,7 @@ def test_training_and_serving_rows_encode_identically(
     (the pipeline's training row, written to BigQuery and read back by the trainer)
     are the same vectors and labels: one function, no skew through BigQuery's types."""
     from dataset.resources import ensure_bigquery_tables
+    from tests.simulator.checks import attribute_from_payload
     from trainer.data import read_training_window
     from transforms.labeling import training_row
     from transforms.validation import parse_message
@@ -83,7 +84,11 @@ def test_training_and_serving_rows_encode_identically(
     records = []
     for i, payload in enumerate(payloads):
         data = json.dumps(payload).encode()
-        records.append(parse_message(data, {config.id_attribute: f"m{i}"}, config, None))
+        attributes = {
+            config.id_attribute: f"m{i}",
+            config.event_time_attribute: attribute_from_payload(data, config),
+        }
+        records.append(parse_message(data, attributes, config))
     rows = [
         training_row(config, r, r["label"], r["event_time"], "inline", now=T0 + 60) for r in records
     ]

@@ -15,7 +15,7 @@ from dataset.config import DatasetConfig
 from transforms.validation import RecordError, parse_message
 
 
-def _attribute_from_payload(data: bytes, config: DatasetConfig) -> str | None:
+def attribute_from_payload(data: bytes, config: DatasetConfig) -> str | None:
     """The payload's event time as an attribute value (ISO text as is, numbers as millis)."""
     try:
         value = json.loads(data).get(config.event_time_field)
@@ -44,7 +44,7 @@ def problems(
     attributes.setdefault(config.id_attribute, "test-message")
     if config.event_time_attribute not in attributes:
         # As the publisher does: the attribute carries the payload's event time.
-        derived = _attribute_from_payload(data, config)
+        derived = attribute_from_payload(data, config)
         if derived is not None:
             attributes[config.event_time_attribute] = derived
     try:
