@@ -112,6 +112,7 @@ def measure(
     duration: float,
     drain: float,
     pull_size: int | None = None,
+    patches: list[str] | None = None,
     startup_timeout: float = 180,
 ) -> dict:
     """One live run of the full pipeline (emulators already running, env set)."""
@@ -126,6 +127,8 @@ def measure(
     env = dict(os.environ, LOCAL_ACCELERATE="1" if accelerated else "0")
     if pull_size:
         env["LOCAL_PUBSUB_PULL_SIZE"] = str(pull_size)
+    if patches is not None:
+        env["LOCAL_ACCELERATE_PATCHES"] = ",".join(patches) or "none"
     run_dir = state / run
     run_dir.mkdir()
     log_path, stats_file = run_dir / "pipeline.log", run_dir / "publisher-stats.json"
@@ -197,6 +200,7 @@ def measure(
         rate_landed = (last[1] - first[1]) / (last[0] - first[0])
     return {
         "mode": "accelerated" if accelerated else "stock",
+        "patches": patches,
         "offered_per_s": rate,
         "publish_seconds": duration,
         "published_valid": published,

@@ -129,6 +129,31 @@ def measure_bare_read(state: Path, events: int, accelerated: bool) -> dict:
     return result
 
 
+def _ladder(state: Path, registry: Path, args: argparse.Namespace) -> list[dict]:
+    """One live run per cumulative set of patches: what each one adds."""
+    from local.accelerate import PATCHES
+
+    names = list(PATCHES)
+    steps = []
+    for k in range(len(names) + 1):
+        _log(f"ladder: {names[:k] or 'no patches'}")
+        run = measure(
+            state, registry, accelerated=True, rate=args.rate, duration=args.duration,
+            drain=args.drain, patches=names[:k],
+        )  # fmt: skip
+        _log(f"  {run}")
+        steps.append(
+            {
+                "patches": names[:k],
+                "events_per_s": run["events_per_s"],
+                "all_landed": run["all_landed"],
+                "load1_before": run["load1_before"],
+                "load1_after": run["load1_after"],
+            }
+        )
+    return steps
+
+
 def _log(message: str) -> None:
     print(f"[benchmarks {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
@@ -141,6 +166,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--drain", type=float, default=60, help="seconds allowed after (60)")
     parser.add_argument("--bare-events", type=int, default=20000, help="bare-read backlog")
     parser.add_argument("--skip-stock", action="store_true", help="accelerated only")
+    parser.add_argument(
+        "--ladder",
+        action="store_true",
+        help="also one live run per cumulative set of patches (order of local.accelerate.PATCHES)",
+    )
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args(argv)
     if args.reps < 1:
@@ -175,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
                     )  # fmt: skip
                 )
                 _log(f"  {live[name][-1]}")
+        ladder = _ladder(state, registry, args) if args.ladder else None
     fast, stock = live["accelerated"], live["stock"]
     fast_rate, stock_rate = median_of(fast, "events_per_s"), median_of(stock, "events_per_s")
     bare_fast = median_of(bare["accelerated"], "events_per_s")
@@ -209,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(),
         "started_at": started,
         "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "ladder": ladder,
         "runs": {"live": live, "bare_read": bare},
     }
     Path(args.out).write_text(json.dumps(results, indent=1) + "\n")

@@ -9,6 +9,9 @@ Options of its own (removed before ``pipelines.main`` sees the rest):
                            LOCAL_PUBSUB_PULL_SIZE, else 1000).
     --no_accelerate        run the stock runner (same as LOCAL_ACCELERATE=0).
 Env LOCAL_ACCELERATE_PATCHES=name,... applies only the named patches.
+Env LOCAL_PROFILE=PREFIX profiles every thread (cProfile; the runner works on
+its own threads) and writes PREFIX.<n>.prof files when the process is stopped
+(SIGTERM/SIGINT); read them with ``pstats.Stats(*glob('PREFIX.*.prof'))``.
 """
 
 from __future__ import annotations
@@ -31,6 +34,42 @@ def split_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     return parser.parse_known_args(argv)
 
 
+def profile_all_threads(prefix: str) -> None:
+    """Profiles the main thread and every thread started later; dumps on stop."""
+    import cProfile
+    import marshal
+    import signal
+    import threading
+
+    profiles: list[cProfile.Profile] = []
+    original_run = threading.Thread.run
+
+    def run(self):
+        profiler = cProfile.Profile()
+        profiles.append(profiler)
+        profiler.enable()
+        try:
+            original_run(self)
+        finally:
+            profiler.disable()
+
+    threading.Thread.run = run
+    main_profiler = cProfile.Profile()
+    profiles.append(main_profiler)
+
+    def dump(signum, _frame):
+        for i, profiler in enumerate(list(profiles)):
+            profiler.snapshot_stats()  # no disable(): it would act on this thread only
+            with open(f"{prefix}.{i}.prof", "wb") as f:
+                marshal.dump(profiler.stats, f)
+        _LOG.info("profiles written to %s.*.prof", prefix)
+        os._exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, dump)
+    signal.signal(signal.SIGINT, dump)
+    main_profiler.enable()
+
+
 def main(argv: list[str] | None = None) -> None:
     own, rest = split_args(sys.argv[1:] if argv is None else argv)
     enabled = not own.no_accelerate and os.environ.get("LOCAL_ACCELERATE", "1") != "0"
@@ -41,6 +80,8 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(f"error: {e}")
     else:
         _LOG.info("Local runner acceleration off: stock DirectRunner")
+    if os.environ.get("LOCAL_PROFILE"):
+        profile_all_threads(os.environ["LOCAL_PROFILE"])
     from pipelines.main import run
 
     run(rest)
