@@ -240,6 +240,70 @@ def test_streaming_graph_output_is_identical_with_the_patches():
     assert fast == stock
 
 
+# ----------------------------------------------------------------- BigQuery sink
+
+
+class _FakeBigQuery:
+    """Streaming inserts into memory; refuses rows with ``bad`` (as BigQuery would)."""
+
+    def __init__(self, run_id: str):
+        self._run_id = run_id
+
+    def insert_rows_json(self, table, json_rows, row_ids=None, **kwargs):
+        errors = []
+        for i, row in enumerate(json_rows):
+            if row.get("bad"):
+                errors.append({"index": i, "errors": [{"reason": "invalid", "message": "bad"}]})
+            else:
+                with _LOCK:
+                    _COLLECTED.setdefault(self._run_id, []).append(("inserted", repr(row)))
+        return errors
+
+
+def _run_sink(run_id: str) -> list:
+    from apache_beam.io.gcp.bigquery import BigQueryDisposition, WriteToBigQuery
+    from apache_beam.io.gcp.bigquery_tools import RetryStrategy
+
+    options = PipelineOptions([], runner="BundleBasedDirectRunner")
+    options.view_as(StandardOptions).streaming = True
+    stream = TestStream()
+    for step in range(3):
+        stream = stream.add_elements(
+            [{"n": step * 100 + i, "bad": (i % 9 == 0)} for i in range(40)]
+        ).advance_watermark_to(1_700_000_000 + step)
+    with beam.Pipeline(options=options) as p:
+        result = (
+            p
+            | "Rows" >> stream.advance_watermark_to_infinity()
+            | "Write"
+            >> WriteToBigQuery(
+                table="local-project:d.t",
+                method=WriteToBigQuery.Method.STREAMING_INSERTS,
+                create_disposition=BigQueryDisposition.CREATE_NEVER,
+                write_disposition=BigQueryDisposition.WRITE_APPEND,
+                insert_retry_strategy=RetryStrategy.RETRY_ON_TRANSIENT_ERROR,
+                test_client=_FakeBigQuery(run_id),
+            )
+        )
+        _ = (
+            result.failed_rows_with_errors
+            | "Refused" >> beam.Map(lambda f: (f[1], f[2][0]["reason"]))
+            | "CollectRefused" >> beam.ParDo(_Collect(run_id, "refused"))
+        )
+    with _LOCK:
+        return sorted((row[0], row[1]) for row in _COLLECTED.pop(run_id, []))
+
+
+def test_sink_inserts_the_same_rows_and_refused_rows_still_come_back():
+    stock = _run_sink(uuid.uuid4().hex)
+    with acc.accelerated():
+        fast = _run_sink(uuid.uuid4().hex)
+    refused = [row for row in stock if row[0] == "refused"]
+    assert len(refused) == 15  # i % 9 == 0 for i in 0..39: 5 per step
+    assert len(stock) == 120
+    assert fast == stock
+
+
 # ----------------------------------------------------------------- Pub/Sub
 
 
