@@ -42,18 +42,15 @@ def profile_all_threads(prefix: str) -> None:
     import threading
 
     profiles: list[cProfile.Profile] = []
-    original_run = threading.Thread.run
 
-    def run(self):
+    def start_profiler(_frame, _event, _arg):
+        # threading.setprofile runs this first in every new thread (even Thread
+        # subclasses with their own run()); cProfile then replaces it there.
         profiler = cProfile.Profile()
         profiles.append(profiler)
         profiler.enable()
-        try:
-            original_run(self)
-        finally:
-            profiler.disable()
 
-    threading.Thread.run = run
+    threading.setprofile(start_profiler)
     main_profiler = cProfile.Profile()
     profiles.append(main_profiler)
 
