@@ -61,6 +61,8 @@ def test_accelerate_is_idempotent_and_restore_undoes_every_patch():
         "start": bigquery.BigQueryWriteFn.start_bundle,
         "timers": wm._TransformWatermarks.extract_transform_timers,
         "reshuffle": bigquery.ReshufflePerKey,
+        "copy": trigger.InMemoryUnmergedState.copy,
+        "no_extraction": trigger._CombiningValueStateTag.without_extraction,
     }
     assert acc.accelerate(pull_size=200) == sorted(acc.PATCHES)
     patched_specs = userstate.get_dofn_specs
@@ -82,6 +84,8 @@ def test_accelerate_is_idempotent_and_restore_undoes_every_patch():
         "start": bigquery.BigQueryWriteFn.start_bundle,
         "timers": wm._TransformWatermarks.extract_transform_timers,
         "reshuffle": bigquery.ReshufflePerKey,
+        "copy": trigger.InMemoryUnmergedState.copy,
+        "no_extraction": trigger._CombiningValueStateTag.without_extraction,
     }
     assert after == before
     assert acc.applied() == []
