@@ -15,7 +15,7 @@ the prediction rows, ``predicted_at - event_time``), the pipeline process's
 peak RSS, and the 1-minute load average before and after (the machine may be
 shared).
 
-    python -m benchmarks.pipeline_throughput [--rate 400] [--duration 40] [--stock]
+    python -m benchmarks.pipeline_throughput [--rate 200] [--duration 30] [--stock]
 
 ``python -m benchmarks.run`` repeats this (stock and accelerated, back to back)
 and writes ``benchmarks/results.json``.
@@ -227,9 +227,9 @@ def median_of(runs: list[dict], key: str) -> float | None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rate", type=float, default=400, help="offered events/s (400)")
-    parser.add_argument("--duration", type=float, default=40, help="publishing seconds (40)")
-    parser.add_argument("--drain", type=float, default=60, help="seconds allowed after (60)")
+    parser.add_argument("--rate", type=float, default=200, help="offered events/s (200)")
+    parser.add_argument("--duration", type=float, default=30, help="publishing seconds (30)")
+    parser.add_argument("--drain", type=float, default=40, help="seconds allowed after (40)")
     parser.add_argument("--stock", action="store_true", help="stock DirectRunner")
     args = parser.parse_args(argv)
     from local.emulators import emulators
