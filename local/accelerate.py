@@ -574,37 +574,34 @@ def check_beam_internals() -> list[str]:
         problems.append(
             f"apache-beam {apache_beam.__version__}, patches written for {BEAM_VERSION}"
         )
-    checks = [
-        (te.TransformEvaluatorRegistry, "_test_evaluators_overrides"),
-        (te, "_PubSubReadEvaluator"),
-        (te._PubSubReadEvaluator, "_get_subscriber_client"),
-        (te._PubSubReadEvaluator, "_read_from_pubsub"),
-        (te, "_ParDoEvaluator"),
-        (te, "get_dofn_specs"),
-        (te, "is_stateful_dofn"),
-        (userstate, "get_dofn_specs"),
-        (userstate, "is_stateful_dofn"),
-        (bigquery, "ReshufflePerKey"),
-        (bigquery.BigQueryWriteFn, "_check_row_size"),
-        (bigquery.BigQueryWriteFn, "start_bundle"),
-        (wm._TransformWatermarks, "extract_transform_timers"),
-        (trigger._CombiningValueStateTag, "without_extraction"),
-        (trigger.InMemoryUnmergedState, "copy"),
-    ]
-    for owner, name in checks:
-        if not hasattr(owner, name):
-            problems.append(f"{getattr(owner, '__name__', owner)}.{name} is gone")
+    checks = {
+        te.TransformEvaluatorRegistry: ["_test_evaluators_overrides"],
+        te: ["_PubSubReadEvaluator", "_ParDoEvaluator", "get_dofn_specs", "is_stateful_dofn"],
+        te._PubSubReadEvaluator: ["_get_subscriber_client", "_read_from_pubsub"],
+        userstate: ["get_dofn_specs", "is_stateful_dofn"],
+        bigquery: ["ReshufflePerKey"],
+        bigquery.BigQueryWriteFn: ["_check_row_size", "start_bundle"],
+        wm._TransformWatermarks: ["extract_transform_timers"],
+        trigger._CombiningValueStateTag: ["without_extraction"],
+        trigger.InMemoryUnmergedState: ["copy"],
+    }
+    for owner, names in checks.items():
+        problems += [f"{owner.__name__}.{n} is gone" for n in names if not hasattr(owner, n)]
     if problems:
         return problems
-    read_src = inspect.getsource(te._PubSubReadEvaluator._read_from_pubsub)
-    if "self._get_subscriber_client(" not in read_src or "max_messages=" not in read_src:
-        problems.append("_PubSubReadEvaluator._read_from_pubsub no longer pulls via the client")
-    size_src = inspect.getsource(bigquery.BigQueryWriteFn._check_row_size)
-    if "get_deep_size(" not in size_src or "_max_insert_payload_size" not in size_src:
-        problems.append("BigQueryWriteFn._check_row_size changed")
-    start_src = inspect.getsource(bigquery.BigQueryWriteFn.start_bundle)
-    if "if not self.bigquery_wrapper" not in start_src:
-        problems.append("BigQueryWriteFn.start_bundle no longer builds its wrapper lazily")
+    for fn, needles in (
+        (
+            te._PubSubReadEvaluator._read_from_pubsub,
+            ["self._get_subscriber_client(", "max_messages="],
+        ),
+        (
+            _original(bigquery.BigQueryWriteFn, "_check_row_size"),
+            ["get_deep_size(", "_max_insert_payload_size"],
+        ),
+        (_original(bigquery.BigQueryWriteFn, "start_bundle"), ["if not self.bigquery_wrapper"]),
+    ):
+        if not all(needle in inspect.getsource(fn) for needle in needles):
+            problems.append(f"{fn.__qualname__} changed: no {needles}")
     for fn, expected in (
         (_original(te._ParDoEvaluator, "start_bundle"), _PARDO_START_BUNDLE_SHA256),
         (_original(te._ParDoEvaluator, "finish_bundle"), _PARDO_FINISH_BUNDLE_SHA256),

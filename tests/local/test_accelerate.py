@@ -47,6 +47,16 @@ def test_a_changed_internal_is_reported(monkeypatch):
         acc.accelerate()
 
 
+def test_a_changed_beam_method_that_is_copied_here_is_reported(monkeypatch):
+    from apache_beam.runners.direct import transform_evaluator as te
+
+    def start_bundle(self):  # stands in for a new Beam version's method
+        pass
+
+    monkeypatch.setattr(te._ParDoEvaluator, "start_bundle", start_bundle)
+    assert any("source hash" in p for p in acc.check_beam_internals())
+
+
 def test_accelerate_is_idempotent_and_restore_undoes_every_patch():
     from apache_beam.io.gcp import bigquery
     from apache_beam.runners.direct import transform_evaluator as te
