@@ -206,7 +206,7 @@ fi
 for name in pipeline simulator launcher; do
   old="$(cat "$STATE_DIR/$name.pid" 2>/dev/null || true)"
   if [ -n "$old" ] && running "$old" && tr '\0' ' ' <"/proc/$old/cmdline" 2>/dev/null |
-    grep -q -e pipelines.main -e simulator.publish -e trainer.launcher; then
+    grep -q -e pipelines.main -e local.pipeline -e simulator.publish -e trainer.launcher; then
     say "stopping leftover $name of an earlier run (pid $old)"
     kill -KILL -- "-$old" 2>/dev/null || true
   fi
@@ -261,7 +261,7 @@ fi
 
 # ----------------------------------------------------------------- run
 say "starting the pipeline (log: $PIPELINE_LOG)"
-setsid "$PY" -m pipelines.main --runner DirectRunner --streaming --project "$PROJECT" \
+setsid "$PY" -m local.pipeline --runner DirectRunner --streaming --project "$PROJECT" \
   --dataset_config "$CONFIG" \
   --input_subscription "projects/$PROJECT/subscriptions/$SUBSCRIPTION" \
   --bq_dataset "$BQ_DATASET" --model_registry "$MODEL_REGISTRY" --model_poll_seconds 5 \

@@ -1,15 +1,24 @@
-"""Benchmark: end-to-end throughput of the streaming pipeline on the local runner.
+"""Benchmark: live throughput of the full streaming pipeline on the local runner.
 
-Publishes a backlog of N simulated traffic events to Pub/Sub up front, starts
-the pipeline (DirectRunner, both emulators, with or without inline
-inference), and measures how long it takes until every event has landed as a
-training row in BigQuery. Results are appended to
-``benchmarks/results/pipeline_throughput.jsonl``.
+One measurement: fresh topic, subscription and BigQuery dataset on running
+emulators; ``python -m local.pipeline`` (accelerated, or stock with
+``LOCAL_ACCELERATE=0``) with inline inference and ``--retrain_topic``; the
+simulator publishes live readings (event time = now) at ``--rate`` for
+``--duration`` seconds. An event counts as landed when it has BOTH its
+training row and its prediction row, so the landed count is
+``min(training rows, prediction rows)``. The rate is taken between the first
+poll that saw a landed row and the moment everything landed (or the drain
+allowance ran out): rows that landed before the first poll are not counted.
+If the pipeline kept up with the offered rate, the figure is a lower bound of
+its capacity (``kept_up``). Also: publish-to-prediction latency p50/p99 (from
+the prediction rows, ``predicted_at - event_time``), the pipeline process's
+peak RSS, and the 1-minute load average before and after (the machine may be
+shared).
 
-    python -m benchmarks.pipeline_throughput [--events 1500] [--with-model]
+    python -m benchmarks.pipeline_throughput [--rate 200] [--duration 30] [--stock]
 
-The legacy bundle-based DirectRunner pulls at most 10 messages per bundle;
-this measures what that means for the whole graph on this machine.
+``python -m benchmarks.run`` repeats this (stock and accelerated, back to back)
+and writes ``benchmarks/results.json``.
 """
 
 from __future__ import annotations
@@ -18,42 +27,24 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "pipeline_throughput.jsonl"
 PROJECT = "local-project"
+CONFIG = "configs/traffic.yaml"
 
 
-def _publish_backlog(topic: str, n: int, seed: int) -> float:
-    from google.cloud import pubsub_v1
-
-    from simulator.traffic import TrafficSimulator
-
-    now = time.time()
-    sim = TrafficSimulator(seed=seed)
-    readings = list(sim.readings(now - n / 50.0, now, rate=50.0))[:n]
-    publisher = pubsub_v1.PublisherClient()
-    path = publisher.topic_path(PROJECT, topic)
-    start = time.perf_counter()
-    futures = [
-        publisher.publish(
-            path,
-            json.dumps(r).encode(),
-            event_time=r["event_time"],
-            message_id=f"bench-{i}",
-        )
-        for i, r in enumerate(readings)
-    ]
-    for f in futures:
-        f.result(timeout=60)
-    return time.perf_counter() - start
+def load1() -> float:
+    """The 1-minute load average (the machine is shared: say how busy it was)."""
+    return round(os.getloadavg()[0], 2)
 
 
 def _count(client, dataset: str, table: str) -> int:
@@ -66,84 +57,192 @@ def _count(client, dataset: str, table: str) -> int:
         return 0
 
 
-def run(events: int, with_model: bool, timeout: float) -> dict:
-    from dataset.resources import bigquery_client, ensure_pubsub
-    from local.emulators import emulators
+def _latencies(client, dataset: str, table: str) -> dict:
+    """p50/p99 seconds from an event's time (= publish time) to its prediction."""
+    from dataset.times import to_datetime
 
-    state = Path(tempfile.mkdtemp(prefix="bench-"))
-    with emulators(state) as emus:
-        os.environ.update(emus.env)
-        dataset, topic = "bench", "bench-events"
-        _, subscription = ensure_pubsub(PROJECT, topic, f"{topic}-sub")
-        publish_s = _publish_backlog(topic, events, seed=3)
-        args = [
-            sys.executable,
-            "-m",
-            "pipelines.main",
-            "--runner=DirectRunner",
-            f"--project={PROJECT}",
-            "--dataset_config=configs/traffic.yaml",
-            f"--input_subscription={subscription}",
-            f"--bq_dataset={dataset}",
-        ]
-        if with_model:
-            registry = state / "registry"
-            subprocess.run(
-                [sys.executable, "-m", "trainer.bootstrap", "--config", "configs/traffic.yaml",
-                 "--registry", str(registry), "--events", "5000"],
-                cwd=ROOT, check=True, capture_output=True,
-            )  # fmt: skip
-            args.append(f"--model_registry={registry}")
-        client = bigquery_client(PROJECT)
-        log = open(state / "pipeline.log", "w")  # noqa: SIM115
-        start = time.perf_counter()
-        proc = subprocess.Popen(
-            args, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        first_row_at = None
-        landed = 0
-        try:
-            while time.perf_counter() - start < timeout:
-                landed = _count(client, dataset, "training_examples")
-                if landed and first_row_at is None:
-                    first_row_at = time.perf_counter()
-                    print(f"first rows after {first_row_at - start:.1f}s", file=sys.stderr)
-                if landed >= events:
-                    break
-                if proc.poll() is not None:
-                    raise RuntimeError(f"pipeline exited; see {state / 'pipeline.log'}")
-                time.sleep(1)
-            done_at = time.perf_counter()
-        finally:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=30)
-            log.close()
-    steady = None
-    if first_row_at is not None and done_at > first_row_at:
-        steady = landed / (done_at - first_row_at)
+    rows = client.query(f"SELECT event_time, predicted_at FROM `{dataset}.{table}`").result()
+    lat = sorted(
+        to_datetime(r["predicted_at"]).timestamp() - to_datetime(r["event_time"]).timestamp()
+        for r in rows
+    )
+    if not lat:
+        return {"latency_p50_s": None, "latency_p99_s": None}
     return {
-        "benchmark": "pipeline_throughput",
-        "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cpus, "
-        f"Python {platform.python_version()}",
-        "runner": "DirectRunner (legacy bundle-based, streaming)",
-        "with_model": with_model,
-        "events": events,
-        "landed": landed,
-        "publish_seconds": round(publish_s, 2),
-        "startup_seconds": round(first_row_at - start, 1) if first_row_at else None,
-        "total_seconds": round(done_at - start, 1),
-        "events_per_second_steady": round(steady, 1) if steady else None,
+        "latency_p50_s": round(lat[len(lat) // 2], 2),
+        "latency_p99_s": round(lat[min(len(lat) - 1, int(len(lat) * 0.99))], 2),
     }
+
+
+def _peak_rss_mib(pid: int) -> float | None:
+    """The process's peak RSS so far (VmHWM), MiB."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        return None
+    return None
+
+
+def _published(stats_file: Path) -> int:
+    try:
+        return int(json.loads(stats_file.read_text()).get("events_published", 0))
+    except (OSError, ValueError):
+        return 0
+
+
+def bootstrap_registry(state: Path) -> Path:
+    """A registry holding a first model (trained on simulated history)."""
+    registry = state / "registry"
+    subprocess.run(
+        [sys.executable, "-m", "trainer.bootstrap", "--config", CONFIG,
+         "--registry", str(registry), "--events", "5000", "--if-empty"],
+        cwd=ROOT, check=True, capture_output=True, timeout=600,
+    )  # fmt: skip
+    return registry
+
+
+def measure(
+    state: Path,
+    registry: Path,
+    *,
+    accelerated: bool,
+    rate: float,
+    duration: float,
+    drain: float,
+    pull_size: int | None = None,
+    patches: list[str] | None = None,
+    startup_timeout: float = 180,
+) -> dict:
+    """One live run of the full pipeline (emulators already running, env set)."""
+    from dataset.config import load_config
+    from dataset.resources import bigquery_client, ensure_pubsub
+
+    config = load_config(CONFIG)
+    run = f"b{uuid.uuid4().hex[:8]}"
+    dataset, topic = f"bench_{run}", f"{run}-events"
+    _, subscription = ensure_pubsub(PROJECT, topic, f"{topic}-sub")
+    retrain_topic, _ = ensure_pubsub(PROJECT, f"{run}-retrain", f"{run}-retrain-sub")
+    env = dict(os.environ, LOCAL_ACCELERATE="1" if accelerated else "0")
+    if pull_size:
+        env["LOCAL_PUBSUB_PULL_SIZE"] = str(pull_size)
+    if patches is not None:
+        env["LOCAL_ACCELERATE_PATCHES"] = ",".join(patches) or "none"
+    run_dir = state / run
+    run_dir.mkdir()
+    log_path, stats_file = run_dir / "pipeline.log", run_dir / "publisher-stats.json"
+    client = bigquery_client(PROJECT)
+    load_before = load1()
+    with open(log_path, "w") as log:
+        pipeline = subprocess.Popen(
+            [sys.executable, "-m", "local.pipeline", "--runner=DirectRunner", "--streaming",
+             f"--project={PROJECT}", f"--dataset_config={CONFIG}",
+             f"--input_subscription={subscription}", f"--bq_dataset={dataset}",
+             f"--model_registry={registry}", "--model_poll_seconds=5",
+             f"--retrain_topic={retrain_topic}"],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    publisher = None
+    try:
+        deadline = time.monotonic() + startup_timeout
+        while "Starting " not in log_path.read_text(errors="replace"):
+            if pipeline.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"pipeline did not start; see {log_path}")
+            time.sleep(0.5)
+        time.sleep(3)  # the runner is up and polling before the first message
+        with open(run_dir / "simulator.log", "w") as sim_log:
+            publisher = subprocess.Popen(
+                [sys.executable, "-m", "simulator.publish", "simulate", "--config", CONFIG,
+                 "--topic", f"projects/{PROJECT}/topics/{topic}", "--rate", str(rate),
+                 "--duration", str(duration), "--malformed-fraction", "0",
+                 "--stats-file", str(stats_file)],
+                cwd=ROOT, stdout=sim_log, stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+        publish_start = time.monotonic()
+        first = None  # (time, landed) at the first poll that saw a landed row
+        last = (publish_start, 0)
+        end_by = publish_start + duration + drain
+        training = predictions = 0
+        peak_rss = None
+        while time.monotonic() < end_by:
+            if pipeline.poll() is not None:
+                raise RuntimeError(f"pipeline exited ({pipeline.returncode}); see {log_path}")
+            training = _count(client, dataset, config.tables.training_examples)
+            predictions = _count(client, dataset, config.tables.predictions)
+            landed = min(training, predictions)
+            now = time.monotonic()
+            peak_rss = _peak_rss_mib(pipeline.pid) or peak_rss
+            if landed and first is None:
+                first = (now, landed)
+            if landed > last[1]:
+                last = (now, landed)
+            done_publishing = publisher.poll() is not None
+            published = _published(stats_file)
+            if done_publishing and published and landed >= published:
+                break
+            time.sleep(1.0)
+        publisher_rc = publisher.wait(timeout=60)
+        published = _published(stats_file)
+        latencies = _latencies(client, dataset, config.tables.predictions)
+    finally:
+        for proc in (publisher, pipeline):
+            if proc is not None and proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+    landed = min(training, predictions)
+    rate_landed = None
+    if first is not None and last[0] > first[0]:
+        rate_landed = (last[1] - first[1]) / (last[0] - first[0])
+    return {
+        "mode": "accelerated" if accelerated else "stock",
+        "patches": patches,
+        "offered_per_s": rate,
+        "publish_seconds": duration,
+        "published_valid": published,
+        "publisher_exit_code": publisher_rc,
+        "training_rows": training,
+        "prediction_rows": predictions,
+        "landed": landed,
+        "all_landed": bool(published) and landed >= published,
+        "startup_to_first_row_s": round(first[0] - publish_start, 1) if first else None,
+        "events_per_s": round(rate_landed, 1) if rate_landed else None,
+        "kept_up": bool(rate_landed) and rate_landed >= 0.95 * rate,
+        **latencies,
+        "pipeline_peak_rss_mib": peak_rss,
+        "load1_before": load_before,
+        "load1_after": load1(),
+        "log": str(log_path),
+    }
+
+
+def median_of(runs: list[dict], key: str) -> float | None:
+    values = [r[key] for r in runs if r.get(key) is not None]
+    return round(statistics.median(values), 2) if values else None
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--events", type=int, default=1500)
-    parser.add_argument("--with-model", action="store_true", help="inline inference on")
-    parser.add_argument("--timeout", type=float, default=900)
+    parser.add_argument("--rate", type=float, default=200, help="offered events/s (200)")
+    parser.add_argument("--duration", type=float, default=30, help="publishing seconds (30)")
+    parser.add_argument("--drain", type=float, default=40, help="seconds allowed after (40)")
+    parser.add_argument("--stock", action="store_true", help="stock DirectRunner")
     args = parser.parse_args(argv)
-    result = run(args.events, args.with_model, args.timeout)
+    from local.emulators import emulators
+
+    state = Path(tempfile.mkdtemp(prefix="bench-"))
+    with emulators(state, project=PROJECT) as emus:
+        os.environ.update(emus.env)
+        registry = bootstrap_registry(state)
+        result = measure(
+            state, registry, accelerated=not args.stock, rate=args.rate,
+            duration=args.duration, drain=args.drain,
+        )  # fmt: skip
+    result["at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     with open(RESULTS, "a") as f:
         f.write(json.dumps(result) + "\n")

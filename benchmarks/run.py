@@ -1,0 +1,253 @@
+"""One command for the benchmarks: ``python -m benchmarks.run`` -> ``benchmarks/results.json``.
+
+On one set of emulators, in one session, back to back:
+
+* the full pipeline live (``benchmarks.pipeline_throughput.measure``), stock
+  and accelerated, alternating, ``--reps`` times each (medians reported);
+* a bare ``ReadFromPubSub`` -> no-op pipeline over a pre-published backlog,
+  with the same runner settings (stock and accelerated), ``--reps`` times.
+
+``live_ratio_vs_bare_read`` = accelerated live rate / accelerated bare-read
+rate. Every measurement records the 1-minute load average before and after:
+on a shared machine absolute figures are depressed, the stock/accelerated
+comparison (same session, alternating) is the robust part.
+
+    python -m benchmarks.run [--reps 3] [--rate 200] [--duration 30] [--bare-events 20000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from importlib import metadata
+from pathlib import Path
+
+from benchmarks.pipeline_throughput import (
+    PROJECT,
+    ROOT,
+    bootstrap_registry,
+    load1,
+    measure,
+    median_of,
+)
+
+RESULTS = ROOT / "benchmarks" / "results.json"
+
+NOT_MEASURED = {
+    "inference_us_per_element": "not measured yet (issue 11 item 4; the inference stage is "
+    "being changed by another engineer)",
+    "batch_us_per_element": "not measured yet (issue 11 item 6: batch runner over an "
+    "in-process source)",
+    "freshness_s": "not measured yet (issue 11 item 5: label-to-new-model-prediction breakdown)",
+    "trainer_rows": "not measured yet (issue 11 item 8: trainer time and memory at 10k-1M rows)",
+}
+
+
+def _version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def machine() -> dict:
+    """Machine and versions the figures were taken on."""
+    mem = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem = round(int(line.split()[1]) / 1024 / 1024, 1)
+    except OSError:
+        pass
+    cpu = None
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "platform": platform.platform(),
+        "cpu": cpu,
+        "cpus": os.cpu_count(),
+        "memory_gib": mem,
+        "python": platform.python_version(),
+        "apache_beam": _version("apache-beam"),
+        "tensorflow": _version("tensorflow"),
+        "google_cloud_pubsub": _version("google-cloud-pubsub"),
+        "bqemulator": _version("bqemulator"),
+    }
+
+
+def _publish_backlog(topic: str, n: int) -> None:
+    from google.cloud import pubsub_v1
+
+    publisher = pubsub_v1.PublisherClient(
+        batch_settings=pubsub_v1.types.BatchSettings(max_messages=1000)
+    )
+    path = publisher.topic_path(PROJECT, topic)
+    futures = [
+        publisher.publish(path, json.dumps({"i": i}).encode(), message_id=f"bare-{i}")
+        for i in range(n)
+    ]
+    for f in futures:
+        f.result(timeout=120)
+
+
+def measure_bare_read(state: Path, events: int, accelerated: bool) -> dict:
+    """The bare-read baseline over a fresh backlog of ``events`` messages."""
+    from dataset.resources import ensure_pubsub
+
+    topic = f"bare{uuid.uuid4().hex[:8]}"
+    _, subscription = ensure_pubsub(PROJECT, topic, f"{topic}-sub")
+    _publish_backlog(topic, events)
+    load_before = load1()
+    cmd = [sys.executable, "-m", "benchmarks.bare_read", "--subscription", subscription,
+           "--events", str(events)]  # fmt: skip
+    if not accelerated:
+        cmd.append("--no_accelerate")
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
+    if out.returncode != 0 or not lines:
+        (state / f"{topic}.log").write_text(out.stdout + out.stderr)
+        raise RuntimeError(f"bare read failed; see {state / f'{topic}.log'}")
+    result = json.loads(lines[-1])
+    result.update(
+        mode="accelerated" if accelerated else "stock",
+        load1_before=load_before,
+        load1_after=load1(),
+    )
+    return result
+
+
+def _ladder(state: Path, registry: Path, args: argparse.Namespace) -> list[dict]:
+    """One live run per cumulative set of patches: what each one adds."""
+    from local.accelerate import PATCHES
+
+    names = list(PATCHES)
+    steps = []
+    for k in range(len(names) + 1):
+        _log(f"ladder: {names[:k] or 'no patches'}")
+        run = measure(
+            state, registry, accelerated=True, rate=args.rate, duration=args.duration,
+            drain=args.drain, patches=names[:k],
+        )  # fmt: skip
+        _log(f"  {run}")
+        steps.append(
+            {
+                "patches": names[:k],
+                "events_per_s": run["events_per_s"],
+                "all_landed": run["all_landed"],
+                "load1_before": run["load1_before"],
+                "load1_after": run["load1_after"],
+            }
+        )
+    return steps
+
+
+def _log(message: str) -> None:
+    print(f"[benchmarks {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reps", type=int, default=3, help="repetitions of each (3)")
+    parser.add_argument("--rate", type=float, default=200, help="offered events/s (200)")
+    parser.add_argument("--duration", type=float, default=30, help="publishing seconds (30)")
+    parser.add_argument("--drain", type=float, default=40, help="seconds allowed after (40)")
+    parser.add_argument("--bare-events", type=int, default=20000, help="bare-read backlog")
+    parser.add_argument("--skip-stock", action="store_true", help="accelerated only")
+    parser.add_argument(
+        "--ladder",
+        action="store_true",
+        help="also one live run per cumulative set of patches (order of local.accelerate.PATCHES)",
+    )
+    parser.add_argument("--out", default=str(RESULTS))
+    args = parser.parse_args(argv)
+    if args.reps < 1:
+        parser.error("--reps must be >= 1")
+    from local.emulators import emulators
+
+    started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    modes = [True] if args.skip_stock else [False, True]
+    live: dict[str, list[dict]] = {"stock": [], "accelerated": []}
+    bare: dict[str, list[dict]] = {"stock": [], "accelerated": []}
+    state = Path(tempfile.mkdtemp(prefix="bench-"))
+    with emulators(state, project=PROJECT) as emus:
+        os.environ.update(emus.env)
+        _log(f"emulators up; bootstrapping a model (state: {state})")
+        registry = bootstrap_registry(state)
+        for rep in range(args.reps):
+            order = modes if rep % 2 == 0 else list(reversed(modes))
+            for accelerated in order:
+                name = "accelerated" if accelerated else "stock"
+                _log(f"rep {rep + 1}/{args.reps}: bare read, {name}")
+                bare[name].append(measure_bare_read(state, args.bare_events, accelerated))
+                _log(f"  {bare[name][-1]}")
+                _log(f"rep {rep + 1}/{args.reps}: full pipeline live, {name}")
+                live[name].append(
+                    measure(
+                        state,
+                        registry,
+                        accelerated=accelerated,
+                        rate=args.rate,
+                        duration=args.duration,
+                        drain=args.drain,
+                    )  # fmt: skip
+                )
+                _log(f"  {live[name][-1]}")
+        ladder = _ladder(state, registry, args) if args.ladder else None
+    fast, stock = live["accelerated"], live["stock"]
+    fast_rate, stock_rate = median_of(fast, "events_per_s"), median_of(stock, "events_per_s")
+    bare_fast = median_of(bare["accelerated"], "events_per_s")
+    rss = [r["pipeline_peak_rss_mib"] for r in fast if r.get("pipeline_peak_rss_mib")]
+    results = {
+        "live_events_per_s": fast_rate,
+        "live_events_per_s_stock": stock_rate,
+        "speedup_vs_stock": round(fast_rate / stock_rate, 2) if fast_rate and stock_rate else None,
+        "live_ratio_vs_bare_read": round(fast_rate / bare_fast, 3)
+        if fast_rate and bare_fast
+        else None,
+        "bare_read_events_per_s": bare_fast,
+        "bare_read_events_per_s_stock": median_of(bare["stock"], "events_per_s"),
+        "latency_p50_s": median_of(fast, "latency_p50_s"),
+        "latency_p99_s": median_of(fast, "latency_p99_s"),
+        "all_landed": all(r["all_landed"] for r in fast) if fast else None,
+        "pipeline_peak_rss_mib": max(rss) if rss else None,
+        **dict.fromkeys(NOT_MEASURED),
+        "not_measured": NOT_MEASURED,
+        "method": {
+            "live": f"full graph (validation, aggregates, inference, quality, triggers, all "
+            f"BigQuery sinks; --retrain_topic set, no launcher), 300 sensors, simulator "
+            f"offering {args.rate:g} events/s for {args.duration:g} s, drain allowance "
+            f"{args.drain:g} s; landed = min(training rows, prediction rows); rate from the "
+            f"first poll that saw a landed row to the last increase; median of "
+            f"{args.reps} runs",
+            "bare_read": f"ReadFromPubSub -> no-op, backlog of {args.bare_events} messages, "
+            "same runner settings; rate between first and last message; median",
+            "shared_machine": "load1_before/after recorded per run; stock and accelerated "
+            "alternate in one session",
+        },
+        "machine": machine(),
+        "started_at": started,
+        "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "ladder": ladder,
+        "runs": {"live": live, "bare_read": bare},
+    }
+    Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
+    _log(f"wrote {args.out}")
+    print(json.dumps({k: v for k, v in results.items() if k not in ("runs", "method")}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

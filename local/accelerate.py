@@ -1,0 +1,719 @@
+"""Local-only speed-ups for Beam's legacy bundle-based DirectRunner.
+
+The DirectRunner that runs our streaming pipeline locally (Beam 2.77) pulls
+10 Pub/Sub messages per bundle, re-inspects every DoFn signature per bundle,
+unpickles and sets up every DoFn per bundle, checks each BigQuery row's size
+by walking every module's globals, and visits every key's timers on every
+scheduling pass (see ``../shared/NOTES.md``, "Beam runners here"). This module
+patches those costs away for the local runner only:
+
+    from local.accelerate import accelerate, restore
+    accelerate(pull_size=1000)   # idempotent; before the pipeline is built
+    ...
+    restore()                    # undoes every patch (tests)
+
+or ``with accelerated(): ...``. ``python -m local.pipeline`` applies it and
+then runs ``pipelines.main``. Production code never imports ``local``, so
+Dataflow never sees any of this. Every patch leaves results unchanged: the
+same rows land, a refused BigQuery row still reaches the dead letters.
+
+The patches rely on Beam internals; ``check_beam_internals()`` (run by
+``accelerate`` and by ``tests/local/test_accelerate.py``) fails loudly when
+they change.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import inspect
+import logging
+import os
+import threading
+import types
+import weakref
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+_LOG = logging.getLogger(__name__)
+
+BEAM_VERSION = "2.77.0"
+DEFAULT_PULL_SIZE = 1000
+PULL_SIZE_ENV = "LOCAL_PUBSUB_PULL_SIZE"
+PATCHES_ENV = "LOCAL_ACCELERATE_PATCHES"
+
+# sha256 of the Beam 2.77 methods this module replaces with edited copies: a
+# changed hash means Beam changed them, and the copies must be reviewed.
+_PARDO_START_BUNDLE_SHA256 = "23c7e2f6f26f091dd2c51711a19deebae07f76c9032a110fce51ca552b3fd13e"
+_PARDO_FINISH_BUNDLE_SHA256 = "26c32886c271dabb0632e50ec05c8386e224c54e3bb45c41c727589256cce5f7"
+_EXTRACT_TIMERS_SHA256 = "897adb07f063798e1ca059d8103f3f984e033c924da449b52b034c12a480e102"
+
+_NO_EXTRACTION_SHA256 = "ddc5e69fd2d1c598d15bb4340fa2581bebd126bdd1bb34a4bc6bfa5fe3fe95f2"
+_STATE_COPY_SHA256 = "ee2487c6676bf0d0826d043954973486fa7e80f71f4c4276707b3a88eac1c94e"
+
+_lock = threading.RLock()
+_originals: list[tuple[Any, str, Any]] = []  # (owner, attribute, original value)
+_applied: set[str] = set()
+_pull_size = DEFAULT_PULL_SIZE
+
+
+def source_sha256(fn: Callable) -> str:
+    """The sha256 of a function's source (to detect a changed Beam internal)."""
+    return hashlib.sha256(inspect.getsource(fn).encode()).hexdigest()
+
+
+_MISSING = object()  # the attribute was inherited, not the owner's own
+
+
+def _set(owner: Any, name: str, value: Any) -> None:
+    """Replaces ``owner.name``, remembering the original for ``restore``."""
+    if not any(o is owner and n == name for o, n, _ in _originals):
+        _originals.append((owner, name, vars(owner).get(name, _MISSING)))
+    setattr(owner, name, value)
+
+
+# ----------------------------------------------------------------- Pub/Sub pulls
+
+
+class _LargerPulls:
+    """A Pub/Sub subscriber client whose ``pull`` asks for ``size`` messages."""
+
+    def __init__(self, client: Any, size: int):
+        self._client = client
+        self._size = size
+
+    def pull(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs["max_messages"] = self._size
+        return self._client.pull(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+
+def _pubsub_evaluator_class() -> type:
+    """``_PubSubReadEvaluator`` with a larger pull; everything else is Beam's.
+
+    Beam's ``_read_from_pubsub`` (element conversion, event time from the
+    timestamp attribute or the publish time, acknowledgement) is reused as is:
+    only the client it pulls with is wrapped, so it works with and without a
+    ``timestamp_attribute``.
+    """
+    from apache_beam.runners.direct.transform_evaluator import _PubSubReadEvaluator
+
+    class _LargePullPubSubReadEvaluator(_PubSubReadEvaluator):
+        @classmethod
+        def _get_subscriber_client(cls, transform):
+            return _LargerPulls(super()._get_subscriber_client(transform), _pull_size)
+
+    return _LargePullPubSubReadEvaluator
+
+
+def larger_pubsub_pulls() -> None:
+    """Pulls up to ``pull_size`` Pub/Sub messages per bundle instead of 10.
+
+    Beam 2.77's DirectRunner pulls with a hard-coded ``max_messages=10`` and
+    then drains the whole graph before the next pull, so every per-bundle cost
+    is paid per 10 messages. Registered through the runner's evaluator-override
+    hook (``TransformEvaluatorRegistry._test_evaluators_overrides``). Safe: the
+    same messages are read, converted and acknowledged the same way, in larger
+    bundles.
+    """
+    from apache_beam.runners.direct.direct_runner import _DirectReadFromPubSub
+    from apache_beam.runners.direct.transform_evaluator import TransformEvaluatorRegistry
+
+    overrides = dict(TransformEvaluatorRegistry._test_evaluators_overrides)
+    overrides[_DirectReadFromPubSub] = _pubsub_evaluator_class()
+    _set(TransformEvaluatorRegistry, "_test_evaluators_overrides", overrides)
+
+
+# ----------------------------------------------------------------- DoFn specs
+
+_spec_cache: dict[Any, tuple[frozenset, frozenset]] = {}
+
+
+def _spec_key(dofn: Any) -> tuple:
+    """What ``get_dofn_specs`` depends on: the class, plus bound methods set on
+    the instance (``beam.Map(obj.method)`` stores one as ``process``)."""
+    own = tuple(
+        sorted(
+            (name, value.__func__)
+            for name, value in vars(dofn).items()
+            if isinstance(value, types.MethodType)
+        )
+        if hasattr(dofn, "__dict__")
+        else ()
+    )
+    return (type(dofn), own)
+
+
+def cached_dofn_specs() -> None:
+    """Caches ``get_dofn_specs`` / ``is_stateful_dofn`` per DoFn class.
+
+    Beam inspects every method signature of a DoFn each time it asks whether
+    it is stateful, which the DirectRunner does several times per bundle per
+    ParDo. The specs are class attributes (parameter defaults of its methods),
+    so they are the same for every instance of a class; instance-level bound
+    methods are part of the cache key. Patched in ``userstate`` and in every
+    module that imported the functions by name (``transform_evaluator``).
+    """
+    from apache_beam.runners.direct import transform_evaluator
+    from apache_beam.transforms import userstate
+
+    original = userstate.get_dofn_specs
+
+    def get_dofn_specs(dofn):
+        try:
+            key = _spec_key(dofn)
+            hash(key)
+        except TypeError:
+            return original(dofn)
+        specs = _spec_cache.get(key)
+        if specs is None:
+            state, timers = original(dofn)
+            specs = _spec_cache[key] = (frozenset(state), frozenset(timers))
+        return set(specs[0]), set(specs[1])
+
+    def is_stateful_dofn(dofn):
+        state, timers = get_dofn_specs(dofn)
+        return bool(state or timers)
+
+    for module in (userstate, transform_evaluator):
+        _set(module, "get_dofn_specs", get_dofn_specs)
+        _set(module, "is_stateful_dofn", is_stateful_dofn)
+
+
+# ----------------------------------------------------------------- BigQuery sink
+
+
+def bounded_row_size_check() -> None:
+    """Checks a BigQuery row's size without scanning every module's globals.
+
+    ``BigQueryWriteFn._check_row_size`` calls ``objsize.get_deep_size``, which
+    by default first collects the ids of every loaded module's globals (to
+    exclude shared objects): ~600 µs per row once TensorFlow is loaded. The
+    same walk without that exclusion counts at least as many bytes, so when
+    it is below the limit Beam's exact check would pass too; only then is
+    its figure used (for batch byte limits, where a larger figure can only
+    flush earlier). Rows at or above the limit get Beam's exact check, so an
+    oversized row is still refused and dead-lettered exactly as before.
+    """
+    import objsize
+    from apache_beam.io.gcp.bigquery import BigQueryWriteFn
+
+    original = BigQueryWriteFn._check_row_size
+
+    def _check_row_size(self, row_and_insert_id):
+        upper = objsize.get_deep_size(row_and_insert_id, exclude_modules_globals=False)
+        if upper < self._max_insert_payload_size:
+            return upper, None
+        return original(self, row_and_insert_id)
+
+    _set(BigQueryWriteFn, "_check_row_size", _check_row_size)
+
+
+_shared_wrappers: dict[int, Any] = {}
+
+
+def shared_bigquery_clients() -> None:
+    """One set of BigQuery clients per process instead of one per bundle.
+
+    ``BigQueryWriteFn.start_bundle`` builds a ``BigQueryWrapper`` (an apitools
+    client and a google-cloud-bigquery client) when its copy has none, and the
+    DirectRunner unpickles a fresh copy per bundle. The wrapper holds no
+    per-destination state, so one per process serves every sink; only the
+    default client is shared (a ``test_client`` is left alone).
+    """
+    from apache_beam.io.gcp import bigquery_tools
+    from apache_beam.io.gcp.bigquery import BigQueryWriteFn
+
+    original = BigQueryWriteFn.start_bundle
+
+    def start_bundle(self):
+        if not self.bigquery_wrapper and self.test_client is None:
+            with _lock:
+                wrapper = _shared_wrappers.get(os.getpid())
+                if wrapper is None:
+                    wrapper = _shared_wrappers[os.getpid()] = bigquery_tools.BigQueryWrapper()
+            self.bigquery_wrapper = wrapper
+        return original(self)
+
+    _set(BigQueryWriteFn, "start_bundle", start_bundle)
+
+
+def sinks_without_reshuffle() -> None:
+    """Drops the ``ReshufflePerKey`` inside ``WriteToBigQuery``'s streaming path.
+
+    Beam reshuffles rows between adding insert ids and inserting them, so a
+    retried bundle on Dataflow re-sends the same ids. The DirectRunner never
+    retries a bundle, and its reshuffle is a keyed grouping with per-key state
+    and timers. Replaced by an identity step with the same label (values,
+    timestamps and windows unchanged). Applies to pipelines built after it.
+    """
+    import apache_beam as beam
+    from apache_beam.io.gcp import bigquery
+
+    class ReshufflePerKey(beam.PTransform):
+        """Identity (local only): stands in for Beam's ReshufflePerKey."""
+
+        def expand(self, pcoll):
+            return pcoll | "Identity" >> beam.Map(lambda kv: kv)
+
+    _set(bigquery, "ReshufflePerKey", ReshufflePerKey)
+
+
+# ----------------------------------------------------------------- DoFn reuse
+
+_dofn_pools: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_all_pooled: list[Any] = []
+
+
+def _acquire_dofn(applied_ptransform: Any, make: Callable[[], Any]) -> tuple[Any, bool]:
+    """A set-up DoFn copy for this step from its pool, or a new one (``False``)."""
+    with _lock:
+        pool = _dofn_pools.setdefault(applied_ptransform, [])
+        if pool:
+            return pool.pop(), True
+    return make(), False
+
+
+def _release_dofn(applied_ptransform: Any, dofn: Any, new: bool) -> None:
+    with _lock:
+        _dofn_pools.setdefault(applied_ptransform, []).append(dofn)
+        if new:
+            _all_pooled.append(weakref.ref(dofn))
+
+
+def _pardo_evaluator_class() -> type:
+    """``_ParDoEvaluator`` whose DoFn copies are set up once and reused."""
+    from typing import Any as AnyType
+
+    from apache_beam import coders
+    from apache_beam.internal import pickler
+    from apache_beam.runners.common import DoFnRunner, DoFnState
+    from apache_beam.runners.direct import transform_evaluator as te
+    from apache_beam.runners.direct.direct_userstate import DirectUserStateContext
+    from apache_beam.runners.direct.util import TransformResult
+    from apache_beam.utils import counters
+
+    class _ReusingParDoEvaluator(te._ParDoEvaluator):
+        # start_bundle and finish_bundle are Beam 2.77's, edited where marked
+        # (checked by source hash in check_beam_internals).
+        def start_bundle(self):
+            transform = self._applied_ptransform.transform
+
+            self._tagged_receivers = te._TaggedReceivers(self._evaluation_context)
+            for output_tag in self._applied_ptransform.outputs:
+                output_pcollection = te.pvalue.PCollection(None, tag=output_tag)
+                output_pcollection.producer = self._applied_ptransform
+                self._tagged_receivers[output_tag] = self._evaluation_context.create_bundle(
+                    output_pcollection
+                )
+                self._tagged_receivers[output_tag].tag = output_tag
+
+            self._counter_factory = counters.CounterFactory()
+
+            # Edited: a pooled copy that is already set up, else a new copy.
+            dofn, self._reused = _acquire_dofn(
+                self._applied_ptransform,
+                lambda: (
+                    pickler.roundtrip(transform.dofn)
+                    if self._perform_dofn_pickle_test
+                    else transform.dofn
+                ),
+            )
+            self._dofn = dofn
+
+            args = transform.args if hasattr(transform, "args") else []
+            kwargs = transform.kwargs if hasattr(transform, "kwargs") else {}
+
+            self.user_state_context = None
+            self.user_timer_map = {}
+            if te.is_stateful_dofn(dofn):
+                kv_type_hint = self._applied_ptransform.inputs[0].element_type
+                if kv_type_hint and kv_type_hint != AnyType:
+                    coder = coders.registry.get_coder(kv_type_hint)
+                    self.key_coder = coder.key_coder()
+                else:
+                    self.key_coder = coders.registry.get_coder(AnyType)
+
+                self.user_state_context = DirectUserStateContext(
+                    self._step_context, dofn, self.key_coder
+                )
+                _, all_timer_specs = te.get_dofn_specs(dofn)
+                for timer_spec in all_timer_specs:
+                    self.user_timer_map[f"user/{timer_spec.name}"] = timer_spec
+
+            self.runner = DoFnRunner(
+                dofn,
+                args,
+                kwargs,
+                self._side_inputs,
+                self._applied_ptransform.inputs[0].windowing,
+                tagged_receivers=self._tagged_receivers,
+                step_name=self._applied_ptransform.full_label,
+                state=DoFnState(self._counter_factory),
+                user_state_context=self.user_state_context,
+            )
+            if not self._reused:  # Edited: setup() once per copy.
+                self.runner.setup()
+            self.runner.start()
+
+        def finish_bundle(self):
+            self.runner.finish()
+            # Edited: no teardown; the copy goes back to the pool.
+            if self._perform_dofn_pickle_test:
+                _release_dofn(self._applied_ptransform, self._dofn, not self._reused)
+            else:
+                self.runner.teardown()
+            bundles = list(self._tagged_receivers.values())
+            result_counters = self._counter_factory.get_counters()
+            if self.user_state_context:
+                self.user_state_context.commit()
+                self.user_state_context.reset()
+            return TransformResult(self, bundles, [], result_counters, None)
+
+    return _ReusingParDoEvaluator
+
+
+def reused_dofns() -> None:
+    """Sets each ParDo's DoFn copy up once and reuses it across bundles.
+
+    The DirectRunner unpickles every DoFn and runs ``setup()``/``teardown()``
+    around every bundle (so ``WriteToBigQuery`` builds clients and inference
+    looks its model up again each time). Runners such as Dataflow reuse a
+    DoFn instance across bundles, and Beam's DoFn contract allows it: per
+    bundle, only ``start_bundle``/``finish_bundle`` run. Copies are pooled per
+    step, so concurrent bundles never share one; they are torn down by
+    ``restore()``, else at process exit without ``teardown()`` (best effort in
+    Beam's contract too). Registered through the evaluator-override hook.
+    """
+    from apache_beam.runners.direct.transform_evaluator import TransformEvaluatorRegistry
+    from apache_beam.transforms import core
+
+    overrides = dict(TransformEvaluatorRegistry._test_evaluators_overrides)
+    overrides[core.ParDo] = _pardo_evaluator_class()
+    _set(TransformEvaluatorRegistry, "_test_evaluators_overrides", overrides)
+
+
+def _teardown_pooled() -> None:
+    with _lock:
+        refs = list(_all_pooled)
+        _all_pooled.clear()
+        _dofn_pools.clear()
+    for ref in refs:
+        dofn = ref()
+        if dofn is None:
+            continue
+        try:
+            dofn.teardown()
+        except Exception:  # teardown is best effort, as in Beam
+            _LOG.warning("teardown of %r failed", dofn, exc_info=True)
+
+
+# ----------------------------------------------------------------- timers
+
+
+def _timer_summary(state: Any) -> tuple[Any, Any, bool]:
+    """(earliest event-time timer, earliest processing-time timer, unknown)."""
+    from apache_beam.transforms.trigger import TimeDomain
+
+    timers = getattr(state, "timers", None)
+    if not isinstance(timers, dict):
+        return None, None, True
+    watermark = realtime = None
+    for per_window in timers.values():
+        for (_, domain, _), timestamp in per_window.items():
+            if domain == TimeDomain.REAL_TIME:
+                if realtime is None or timestamp < realtime:
+                    realtime = timestamp
+            elif domain == TimeDomain.WATERMARK:
+                if watermark is None or timestamp < watermark:
+                    watermark = timestamp
+            else:
+                return None, None, True
+    return watermark, realtime, False
+
+
+def timers_of_changed_keys() -> None:
+    """Timer extraction looks into a key's timers only when they may be due.
+
+    ``_TransformWatermarks.extract_transform_timers`` asks every key ever seen
+    by a stateful step for its expired timers on every scheduling pass. A
+    key's state object is replaced (never edited in place) when a bundle
+    commits it, so this keeps, per key, the state object it last saw with its
+    earliest event-time and processing-time timers; a key whose state is the
+    same object and whose earliest timers are not yet due cannot return an
+    expired timer and is skipped. Everything else calls Beam's code, so the
+    fired timers and the "has a processing-time timer" answer are unchanged.
+    """
+    from apache_beam.runners.direct.watermark_manager import TimerFiring, _TransformWatermarks
+
+    def extract_transform_timers(self):
+        with self._lock:
+            index = self.__dict__.setdefault("_accelerate_timer_index", {})
+            watermark = self._input_watermark
+            now = self._clock.time()
+            fired_timers = []
+            has_realtime_timer = False
+            for encoded_key, state in self._keyed_states.items():
+                entry = index.get(encoded_key)
+                if entry is None or entry[0] is not state:
+                    entry = index[encoded_key] = (state, *_timer_summary(state))
+                _, earliest_watermark, earliest_realtime, unknown = entry
+                if earliest_realtime is not None:
+                    has_realtime_timer = True
+                if not unknown and not (
+                    (earliest_watermark is not None and earliest_watermark <= watermark)
+                    or (earliest_realtime is not None and earliest_realtime <= now)
+                ):
+                    continue
+                timers, had_realtime_timer = state.get_timers(
+                    watermark=watermark, processing_time=now
+                )
+                if had_realtime_timer:
+                    has_realtime_timer = True
+                for expired in timers:
+                    window, (name, time_domain, timestamp, dynamic_timer_tag) = expired
+                    fired_timers.append(
+                        TimerFiring(
+                            encoded_key,
+                            window,
+                            name,
+                            time_domain,
+                            timestamp,
+                            dynamic_timer_tag=dynamic_timer_tag,
+                        )
+                    )
+            self._fired_timers.update(fired_timers)
+            return fired_timers, has_realtime_timer
+
+    _set(_TransformWatermarks, "extract_transform_timers", extract_transform_timers)
+
+
+# ----------------------------------------------------------------- windowed state
+
+
+def reused_no_extraction_tags() -> None:
+    """Builds each combining state tag's "no extraction" twin once, not per call.
+
+    ``_CombiningValueStateTag.without_extraction`` defines a new CombineFn
+    class on every call; the trigger driver calls it for every element and
+    window of every windowed grouping (106k class definitions in a 30 s
+    profile of our graph). The twin depends only on the tag's name and
+    CombineFn, so it is cached on the tag. Same tag name, same functions.
+    """
+    from apache_beam.transforms.trigger import _CombiningValueStateTag
+
+    original = _CombiningValueStateTag.without_extraction
+
+    def without_extraction(self):
+        twin = self.__dict__.get("_accelerate_no_extraction")
+        if twin is None:
+            twin = self.__dict__["_accelerate_no_extraction"] = original(self)
+        return twin
+
+    _set(_CombiningValueStateTag, "without_extraction", without_extraction)
+
+
+def shallow_timer_copies() -> None:
+    """Copies a key's timers without ``copy.deepcopy`` when its state is copied.
+
+    The DirectRunner copies a key's state (``InMemoryUnmergedState.copy``) each
+    time a bundle touches it, deep-copying the timer table: window -> {(name,
+    time domain, tag): Timestamp}. Windows, timer names and Timestamps are
+    immutable, so copying the two dict levels gives an equal, independent
+    table. User state (``global_state``) and element lists are copied as Beam
+    does.
+    """
+    import collections
+    import copy
+
+    from apache_beam.transforms.trigger import InMemoryUnmergedState
+
+    def copy_state(self):
+        cloned_object = InMemoryUnmergedState(defensive_copy=self.defensive_copy)
+        cloned_object.timers = collections.defaultdict(
+            dict, {window: dict(timers) for window, timers in self.timers.items()}
+        )
+        cloned_object.global_state = copy.deepcopy(self.global_state)
+        for window in self.state:
+            for tag in self.state[window]:
+                cloned_object.state[window][tag] = copy.copy(self.state[window][tag])
+        return cloned_object
+
+    _set(InMemoryUnmergedState, "copy", copy_state)
+
+
+# ----------------------------------------------------------------- public API
+
+# In order of measured gain (NOTES.md, this project's graph); names for
+# LOCAL_ACCELERATE_PATCHES and ``accelerate(patches=...)``.
+PATCHES: dict[str, Callable[[], None]] = {
+    "pubsub_pulls": larger_pubsub_pulls,
+    "dofn_specs": cached_dofn_specs,
+    "row_size_check": bounded_row_size_check,
+    "timers": timers_of_changed_keys,
+    "bigquery_clients": shared_bigquery_clients,
+    "dofn_reuse": reused_dofns,
+    "sink_reshuffle": sinks_without_reshuffle,
+    "combine_tags": reused_no_extraction_tags,
+    "timer_copies": shallow_timer_copies,
+}
+
+
+def check_beam_internals() -> list[str]:
+    """What changed in the Beam internals the patches rely on (empty: none)."""
+    import apache_beam
+    from apache_beam.io.gcp import bigquery
+    from apache_beam.runners.direct import transform_evaluator as te
+    from apache_beam.runners.direct import watermark_manager as wm
+    from apache_beam.transforms import trigger, userstate
+
+    problems = []
+    if apache_beam.__version__ != BEAM_VERSION:
+        problems.append(
+            f"apache-beam {apache_beam.__version__}, patches written for {BEAM_VERSION}"
+        )
+    checks = {
+        te.TransformEvaluatorRegistry: ["_test_evaluators_overrides"],
+        te: ["_PubSubReadEvaluator", "_ParDoEvaluator", "get_dofn_specs", "is_stateful_dofn"],
+        te._PubSubReadEvaluator: ["_get_subscriber_client", "_read_from_pubsub"],
+        userstate: ["get_dofn_specs", "is_stateful_dofn"],
+        bigquery: ["ReshufflePerKey"],
+        bigquery.BigQueryWriteFn: ["_check_row_size", "start_bundle"],
+        wm._TransformWatermarks: ["extract_transform_timers"],
+        trigger._CombiningValueStateTag: ["without_extraction"],
+        trigger.InMemoryUnmergedState: ["copy"],
+    }
+    for owner, names in checks.items():
+        problems += [f"{owner.__name__}.{n} is gone" for n in names if not hasattr(owner, n)]
+    if problems:
+        return problems
+    for fn, needles in (
+        (
+            te._PubSubReadEvaluator._read_from_pubsub,
+            ["self._get_subscriber_client(", "max_messages="],
+        ),
+        (
+            _original(bigquery.BigQueryWriteFn, "_check_row_size"),
+            ["get_deep_size(", "_max_insert_payload_size"],
+        ),
+        (_original(bigquery.BigQueryWriteFn, "start_bundle"), ["if not self.bigquery_wrapper"]),
+    ):
+        if not all(needle in inspect.getsource(fn) for needle in needles):
+            problems.append(f"{fn.__qualname__} changed: no {needles}")
+    for fn, expected in (
+        (_original(te._ParDoEvaluator, "start_bundle"), _PARDO_START_BUNDLE_SHA256),
+        (_original(te._ParDoEvaluator, "finish_bundle"), _PARDO_FINISH_BUNDLE_SHA256),
+        (_original(wm._TransformWatermarks, "extract_transform_timers"), _EXTRACT_TIMERS_SHA256),
+        (_original(trigger._CombiningValueStateTag, "without_extraction"), _NO_EXTRACTION_SHA256),
+        (_original(trigger.InMemoryUnmergedState, "copy"), _STATE_COPY_SHA256),
+    ):
+        if source_sha256(fn) != expected:
+            problems.append(f"{fn.__qualname__} changed (source hash); review the copy here")
+    return problems
+
+
+def _original(owner: Any, name: str) -> Any:
+    for o, n, value in _originals:
+        if o is owner and n == name and value is not _MISSING:
+            return value
+    return getattr(owner, name)
+
+
+def pull_size_from_env(default: int = DEFAULT_PULL_SIZE) -> int:
+    """``LOCAL_PUBSUB_PULL_SIZE`` (a positive integer), else ``default``."""
+    raw = os.environ.get(PULL_SIZE_ENV, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(f"{PULL_SIZE_ENV}={raw!r}: expected a positive integer")
+    return value
+
+
+def patches_from_env() -> list[str] | None:
+    """``LOCAL_ACCELERATE_PATCHES`` as patch names (comma-separated), else None (all)."""
+    raw = os.environ.get(PATCHES_ENV)
+    if raw is None or raw.strip() in ("", "all"):
+        return None
+    names = [n.strip() for n in raw.split(",") if n.strip() and n.strip() != "none"]
+    unknown = sorted(set(names) - set(PATCHES))
+    if unknown:
+        raise ValueError(f"{PATCHES_ENV}: unknown patches {unknown}; known: {sorted(PATCHES)}")
+    return names
+
+
+def accelerate(pull_size: int | None = None, patches: Iterable[str] | None = None) -> list[str]:
+    """Applies the patches (all, or the named ones); idempotent.
+
+    Args:
+        pull_size: Pub/Sub messages per pull (default ``LOCAL_PUBSUB_PULL_SIZE``
+            or 1000). Calling again only updates it.
+        patches: names from ``PATCHES``; None: all of them.
+
+    Returns:
+        The names of the patches now applied.
+
+    Raises:
+        RuntimeError: Beam's internals differ from what the patches expect.
+        ValueError: an unknown patch name or a pull size below 1.
+    """
+    global _pull_size
+    size = pull_size_from_env() if pull_size is None else pull_size
+    if size < 1:
+        raise ValueError(f"pull_size={size}: expected a positive integer")
+    names = list(PATCHES) if patches is None else list(patches)
+    unknown = sorted(set(names) - set(PATCHES))
+    if unknown:
+        raise ValueError(f"unknown patches {unknown}; known: {sorted(PATCHES)}")
+    with _lock:
+        problems = check_beam_internals()
+        if problems:
+            raise RuntimeError(
+                "local.accelerate: Beam internals changed; run without it "
+                f"(LOCAL_ACCELERATE=0) or update it: {'; '.join(problems)}"
+            )
+        _pull_size = size
+        for name in names:
+            if name not in _applied:
+                PATCHES[name]()
+                _applied.add(name)
+        _LOG.info("Local runner acceleration: %s (pull size %d)", sorted(_applied), _pull_size)
+        return sorted(_applied)
+
+
+def applied() -> list[str]:
+    """Names of the patches currently applied."""
+    return sorted(_applied)
+
+
+def restore() -> None:
+    """Undoes every patch and drops the caches; pooled DoFns are torn down."""
+    global _pull_size
+    with _lock:
+        for owner, name, value in reversed(_originals):
+            if value is _MISSING:
+                delattr(owner, name)
+            else:
+                setattr(owner, name, value)
+        _originals.clear()
+        _applied.clear()
+        _spec_cache.clear()
+        _shared_wrappers.clear()
+        _pull_size = DEFAULT_PULL_SIZE
+    _teardown_pooled()
+
+
+@contextlib.contextmanager
+def accelerated(
+    pull_size: int | None = None, patches: Iterable[str] | None = None
+) -> Iterator[list[str]]:
+    """``accelerate`` for a block, then ``restore``."""
+    try:
+        yield accelerate(pull_size, patches)
+    finally:
+        restore()
