@@ -34,6 +34,8 @@ import urllib.parse
 from collections.abc import Sequence
 from typing import Any
 
+from fastapi import Request
+
 from dashboard import data, render
 from dataset.config import DatasetConfig, load_config
 from model.registry import CurrentChanged, ModelRegistry
@@ -108,7 +110,7 @@ class Dashboard:
 
 def create_app(dash: Dashboard):
     """The FastAPI application serving ``dash``."""
-    from fastapi import FastAPI, Request
+    from fastapi import FastAPI
     from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse
 
     app = FastAPI(title=f"{dash.config.name} continuous training", docs_url=None, redoc_url=None)
