@@ -16,7 +16,15 @@ setuptools.setup(
     description="Streaming continuous training on Apache Beam / Dataflow",
     python_requires=">=3.11",
     packages=setuptools.find_packages(
-        include=["dataset*", "pipelines*", "transforms*", "model*", "trainer*", "simulator*", "dashboard*"]
+        include=[
+            "dataset*",
+            "pipelines*",
+            "transforms*",
+            "model*",
+            "trainer*",
+            "simulator*",
+            "dashboard*",
+        ]
     ),
     package_data={"": ["*.yaml", "*.json"]},
     install_requires=[
