@@ -139,16 +139,26 @@ def rollback_targets(versions: Iterable[Mapping[str, Any]]) -> list[str]:
 def training_runs(src: Source, limit: int = 30) -> list[dict[str, Any]]:
     """The newest row of each training run (newest first), with its data-validation rows.
 
-    Each run has the ``training_runs`` columns (``metrics`` and ``gate_decisions``
-    parsed from JSON) and ``quarantine``: the run's ``data_quarantine`` rows
-    (the data-validation anomalies that blocked it).
+    Each run has the ``training_runs`` columns of its newest row (``metrics`` and
+    ``gate_decisions`` parsed from JSON; ``reason``: the outcome's),
+    ``trigger_reason`` (the trigger's, from the launcher's ``queued`` row) and
+    ``quarantine``: the run's ``data_quarantine`` rows (the data-validation
+    anomalies that blocked it).
     """
     rows = runs.latest_run_statuses(
         src.client, src.project, src.dataset, src.config, lookback_days=src.lookback_days
     )
     rows = sorted(rows, key=lambda r: r["recorded_at"], reverse=True)[:limit]
     quarantine: dict[str, list[dict]] = defaultdict(list)
+    trigger_reasons: dict[str, str] = {}
     if rows:
+        # The launcher's queued row carries the trigger's reason; later rows the outcome's.
+        for q in src.query(
+            f"SELECT run_id, reason FROM `{runs.runs_table(src.project, src.dataset, src.config)}` "
+            "WHERE recorded_at >= @since AND status = 'queued'",
+            [("since", "TIMESTAMP", src.since())],
+        ):
+            trigger_reasons[q["run_id"]] = q["reason"]
         table = src.table(src.config.tables.data_quarantine)
         for q in src.query(
             f"SELECT * FROM `{table}` WHERE quarantined_at >= @since ORDER BY quarantined_at DESC "
@@ -162,6 +172,7 @@ def training_runs(src: Source, limit: int = 30) -> list[dict[str, Any]]:
         plain["metrics"] = _json(plain.get("metrics"))
         plain["gate_decisions"] = _json(plain.get("gate_decisions"))
         plain["quarantine"] = quarantine.get(row["run_id"], [])
+        plain["trigger_reason"] = trigger_reasons.get(row["run_id"])
         out.append(plain)
     return out
 

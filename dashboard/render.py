@@ -193,6 +193,7 @@ def _runs(state: Mapping[str, Any]) -> str:
             [
                 f'<code class="run-id">{_e(r["run_id"])}</code>',
                 _e(r.get("status")),
+                _e(r.get("trigger_reason")),
                 _e(r.get("reason")),
                 _e(r.get("recorded_at")),
                 _e(r.get("rows_train")) + " / " + _e(r.get("rows_validation")),
@@ -206,7 +207,8 @@ def _runs(state: Mapping[str, Any]) -> str:
         [
             "run",
             "status",
-            "reason",
+            "trigger",
+            "outcome",
             "recorded",
             "rows train / val",
             "metrics",

@@ -41,3 +41,7 @@ def fake_registry(root: Path, count: int = 2) -> tuple[ModelRegistry, list[str]]
 @pytest.fixture
 def registry(tmp_path):
     return fake_registry(tmp_path / "registry")
+
+
+# The control-plane tests' world: a fresh retrain topic + subscription and BigQuery tables.
+from tests.trainer.conftest import world  # noqa: E402, F401 (fixture)
