@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -63,6 +64,9 @@ def test_cli_serves_the_page_on_localhost(world, gcp_project, tmp_path):
                 time.sleep(0.2)
         assert "Retrain now" in page and "training_examples" in page
         assert "could not read" not in page  # every table was readable
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/state", timeout=10) as r:
+            state = json.loads(r.read())
+        assert state["errors"] == {} and state["counts"]["training_runs"] == 0
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=20)
