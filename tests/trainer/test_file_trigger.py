@@ -132,6 +132,11 @@ def test_dropped_file_is_loaded_and_starts_one_recorded_run(world, gcp_project, 
     assert [d["step"] for d in dead] == ["FileTrigger"]
     (trigger,) = runs.query_rows(bigquery_client, f"SELECT * FROM `{table}.retrain_triggers`")
     assert trigger["reason"] == "file" and trigger["new_examples"] == 20
+    # The pipeline's trigger state after a restart ignores triggers it did not fire.
+    from transforms.triggers import initial_state_from_bigquery
+
+    state = initial_state_from_bigquery(bigquery_client, gcp_project, world.dataset, TRAFFIC)
+    assert (state.sequence, state.last_trigger_time, state.total) == (0, None, 20)
 
     # The same file dropped again (a retry) is the same trigger: still one run.
     (inbox / "batch-again.jsonl").write_bytes(data)
