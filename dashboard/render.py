@@ -133,6 +133,28 @@ def _counts(state: Mapping[str, Any]) -> str:
     return _table(["table", "rows"], rows, "counts")
 
 
+def statistics_table(statistics: Mapping[str, Any] | None) -> str:
+    """A version's training-data statistics (``trainer.statistics``) as a small table."""
+    if not isinstance(statistics, Mapping):
+        return ""
+    columns = dict(statistics.get("features") or {})
+    if statistics.get("label"):
+        columns["(label)"] = statistics["label"]
+    rows = []
+    for name, s in columns.items():
+        if not isinstance(s, Mapping):
+            continue
+        if s.get("kind") == "numeric":
+            summary = " ".join(f"{k}={_fmt(s.get(k))}" for k in ("mean", "std", "min", "max"))
+        else:
+            top = list((s.get("frequencies") or {}).items())[:4]
+            summary = " ".join(f"{k}:{_fmt(v)}" for k, v in top)
+        rows.append([_e(name), _e(s.get("count")), _e(s.get("missing")), _e(summary)])
+    title = f"training data statistics ({_e(statistics.get('rows'))} rows)"
+    table = _table(["column", "count", "missing", "summary"], rows, "statistics")
+    return f"<details><summary>{title}</summary>{table}</details>"
+
+
 def _models(state: Mapping[str, Any]) -> str:
     models = state.get("models") or {"versions": [], "current": None}
     rows = []
@@ -147,10 +169,11 @@ def _models(state: Mapping[str, Any]) -> str:
                 "<br>".join(_e(r) for r in v.get("reasons") or []),
                 _e(_short_metrics(validation) if isinstance(validation, Mapping) else validation),
                 _e(v.get("run_id")),
+                statistics_table(v.get("statistics")),
             ]
         )
     return _table(
-        ["version", "status", "created", "metrics", "gate decisions", "data validation", "run"],
+        ["version", "status", "created", "metrics", "gate decisions", "data validation", "run", ""],
         rows,
         "models",
     )

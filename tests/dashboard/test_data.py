@@ -186,3 +186,32 @@ def test_cross_origin_posts_are_refused(registry):
     client, _, publisher = _client_app(reg.root)
     response = client.post("/retrain", headers={"origin": "http://evil.example"})
     assert response.status_code == 403 and not publisher.messages
+
+
+def test_statistics_table_summarises_numeric_and_categorical_columns():
+    stats = {
+        "rows": 10,
+        "features": {
+            "speed": {
+                "kind": "numeric",
+                "count": 9,
+                "missing": 1,
+                "mean": 50.0,
+                "std": 2.0,
+                "min": 40.0,
+                "max": 60.0,
+            },
+            "road": {
+                "kind": "categorical",
+                "count": 10,
+                "missing": 0,
+                "frequencies": {"highway": 0.7, "local": 0.3},
+            },
+        },
+        "label": {"kind": "categorical", "count": 10, "missing": 0, "frequencies": {"1": 0.2}},
+    }
+    html = render.statistics_table(stats)
+    assert "(10 rows)" in html
+    assert "mean=50 std=2 min=40 max=60" in html and "highway:0.7 local:0.3" in html
+    assert "(label)" in html
+    assert render.statistics_table(None) == ""
