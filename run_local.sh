@@ -339,7 +339,7 @@ else
   show_log_tail "$STATE_DIR/dashboard.log" 20
 fi
 if [ -n "$SERVING_PID" ]; then
-  if wait_http "http://127.0.0.1:$SERVING_PORT/" 60; then
+  if wait_http "http://127.0.0.1:$SERVING_PORT/healthz" 90; then
     say "prediction service: http://127.0.0.1:$SERVING_PORT/v1/predict"
   else
     say "WARNING: the prediction service is not answering on :$SERVING_PORT"
