@@ -136,7 +136,11 @@ cleanup() {
   stop_group "$SIMULATOR_PID" simulator
   stop_group "$PIPELINE_PID" pipeline
   stop_group "$LAUNCHER_PID" launcher
+  stop_group "${DASHBOARD_PID:-}" dashboard
+  stop_group "${SERVING_PID:-}" "prediction service"
+  stop_group "${FILE_TRIGGER_PID:-}" "file trigger"
   rm -f "$STATE_DIR/pipeline.pid" "$STATE_DIR/simulator.pid" "$STATE_DIR/launcher.pid"
+  rm -f "$STATE_DIR/dashboard.pid" "$STATE_DIR/serving.pid" "$STATE_DIR/file-trigger.pid"
   local fields=(--field "run_status=$RUN_STATUS" --field "exit_code=$rc"
     --field "pipeline_exit_code=$PIPELINE_EXIT" --field "drained=$DRAINED"
     --field "state_dir=$STATE_DIR" --field "failure=${FAILURE:-null}")
@@ -279,6 +283,78 @@ setsid "$PY" -m trainer.launcher --project "$PROJECT" --config "$CONFIG" \
   >"$LAUNCHER_LOG" 2>&1 </dev/null 9>&- &
 LAUNCHER_PID=$!
 echo "$LAUNCHER_PID" >"$STATE_DIR/launcher.pid"
+
+# ----------------------------------------------------------------- serve and operate
+# The dashboard (retrain now, roll back, what the loop did), the online
+# prediction service (serving/app.py, when this checkout has it) and the
+# file-arrival trigger: a JSON Lines file dropped into $INCOMING_DIR is
+# validated, loaded into the training table and starts one training run.
+# Ports: DASHBOARD_PORT (8080), SERVING_PORT (8081). Logs: dashboard.log,
+# serving.log, file-trigger.log in the state dir.
+DASHBOARD_PORT="${DASHBOARD_PORT:-8080}"
+SERVING_PORT="${SERVING_PORT:-8081}"
+INCOMING_DIR="$STATE_DIR/incoming"
+DASHBOARD_PID=""
+SERVING_PID=""
+FILE_TRIGGER_PID=""
+for name in dashboard serving file-trigger; do  # leftovers of a killed run
+  old="$(cat "$STATE_DIR/$name.pid" 2>/dev/null || true)"
+  if [ -n "$old" ] && running "$old" && tr '\0' ' ' <"/proc/$old/cmdline" 2>/dev/null |
+    grep -q -e dashboard.app -e serving.app -e trainer.file_trigger; then
+    say "stopping leftover $name of an earlier run (pid $old)"
+    kill -KILL -- "-$old" 2>/dev/null || true
+  fi
+  rm -f "$STATE_DIR/$name.pid"
+done
+# wait_http URL SECONDS: until URL answers (any HTTP status), at most SECONDS.
+wait_http() {
+  timeout "$2" "$PY" -c 'import sys, time, urllib.error, urllib.request
+while True:
+    try:
+        urllib.request.urlopen(sys.argv[1], timeout=2)
+        break
+    except urllib.error.HTTPError:
+        break
+    except OSError:
+        time.sleep(0.25)' "$1" 2>/dev/null
+}
+say "starting the dashboard on :$DASHBOARD_PORT (log: $STATE_DIR/dashboard.log)"
+setsid "$PY" -m dashboard.app --project "$PROJECT" --bq_dataset "$BQ_DATASET" \
+  --config "$CONFIG" --registry "$MODEL_REGISTRY" \
+  --retrain_topic "projects/$PROJECT/topics/$RETRAIN_TOPIC" --port "$DASHBOARD_PORT" \
+  >"$STATE_DIR/dashboard.log" 2>&1 </dev/null 9>&- &
+DASHBOARD_PID=$!
+echo "$DASHBOARD_PID" >"$STATE_DIR/dashboard.pid"
+if [ -f serving/app.py ]; then
+  say "starting the prediction service on :$SERVING_PORT (log: $STATE_DIR/serving.log)"
+  setsid "$PY" -m serving.app --config "$CONFIG" --registry "$MODEL_REGISTRY" \
+    --port "$SERVING_PORT" >"$STATE_DIR/serving.log" 2>&1 </dev/null 9>&- &
+  SERVING_PID=$!
+  echo "$SERVING_PID" >"$STATE_DIR/serving.pid"
+fi
+mkdir -p "$INCOMING_DIR"
+say "starting the file trigger on $INCOMING_DIR (log: $STATE_DIR/file-trigger.log)"
+setsid "$PY" -m trainer.file_trigger --watch "$INCOMING_DIR" --config "$CONFIG" \
+  --project "$PROJECT" --bq_dataset "$BQ_DATASET" \
+  --retrain_topic "projects/$PROJECT/topics/$RETRAIN_TOPIC" \
+  >"$STATE_DIR/file-trigger.log" 2>&1 </dev/null 9>&- &
+FILE_TRIGGER_PID=$!
+echo "$FILE_TRIGGER_PID" >"$STATE_DIR/file-trigger.pid"
+if wait_http "http://127.0.0.1:$DASHBOARD_PORT/healthz" 60; then
+  say "dashboard:          http://127.0.0.1:$DASHBOARD_PORT/"
+else
+  say "WARNING: the dashboard is not answering on :$DASHBOARD_PORT"
+  show_log_tail "$STATE_DIR/dashboard.log" 20
+fi
+if [ -n "$SERVING_PID" ]; then
+  if wait_http "http://127.0.0.1:$SERVING_PORT/healthz" 90; then
+    say "prediction service: http://127.0.0.1:$SERVING_PORT/v1/predict"
+  else
+    say "WARNING: the prediction service is not answering on :$SERVING_PORT"
+    show_log_tail "$STATE_DIR/serving.log" 20
+  fi
+fi
+say "file trigger:       drop JSON Lines files into $INCOMING_DIR"
 
 # Without --duration the simulator runs until stopped (Ctrl-C ends the run).
 SIM_DURATION=()

@@ -16,7 +16,15 @@ setuptools.setup(
     description="Streaming continuous training on Apache Beam / Dataflow",
     python_requires=">=3.11",
     packages=setuptools.find_packages(
-        include=["dataset*", "pipelines*", "transforms*", "model*", "trainer*", "simulator*"]
+        include=[
+            "dataset*",
+            "pipelines*",
+            "transforms*",
+            "model*",
+            "trainer*",
+            "simulator*",
+            "dashboard*",
+        ]
     ),
     package_data={"": ["*.yaml", "*.json"]},
     install_requires=[
@@ -28,6 +36,10 @@ setuptools.setup(
         "tensorflow-metadata>=1.21,<2",
         # Data-validation statistics and TFMD schema helpers (the design card's stack).
         "tfx-bsl>=1.21,<2",
+        # The dashboard (dashboard.app) and its server.
+        "fastapi>=0.115,<1",
+        "starlette>=0.40",
+        "uvicorn>=0.30,<1",
         "google-api-core>=2.25,<3",
         "google-auth>=2.40,<3",
         "google-cloud-aiplatform>=1.165,<2",

@@ -6,6 +6,10 @@
 #   the project (-e .) only when requirements*.txt, setup.py or pyproject.toml
 #   changed since the last install (a hash stamp in .venv/.requirements.sha256).
 # * Places DuckDB's spatial extension where bqemulator expects it (offline).
+# * Installs Debian's chromium and chromium-driver (the dashboard's browser
+#   test) with apt-get when they are missing, as root (or with sudo -n); without
+#   apt or root it says so and goes on (that test then skips, or fails in CI).
+#   SKIP_BROWSER_SETUP=1 skips this step.
 #
 # Variables: VENV_DIR (default <repo>/.venv), PYTHON (interpreter for a new venv).
 # After sourcing: REPO_ROOT, VENV_DIR, VENV_PY.
@@ -66,6 +70,36 @@ ensure_duckdb_spatial() {
   }
 }
 
+ensure_browser() {
+  local sudo=()
+  [ "${SKIP_BROWSER_SETUP:-0}" = 1 ] && return 0
+  if command -v chromedriver >/dev/null 2>&1 &&
+    { command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; }; then
+    return 0
+  fi
+  if ! command -v apt-get >/dev/null 2>&1; then
+    _setup_log "WARNING: chromium/chromedriver missing and no apt-get here: the dashboard's" \
+      "browser test will skip (install chromium and its driver by hand)"
+    return 0
+  fi
+  if [ "$(id -u)" != 0 ]; then
+    if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+      sudo=(sudo -n)
+    else
+      _setup_log "WARNING: chromium/chromedriver missing and not root: run" \
+        "'apt-get install -y chromium chromium-driver' as root for the browser test"
+      return 0
+    fi
+  fi
+  _setup_log "installing chromium and chromium-driver with apt-get (the browser test)"
+  { "${sudo[@]}" apt-get update -qq &&
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq chromium chromium-driver \
+      >/dev/null; } || {
+    _setup_log "ERROR: apt-get install chromium chromium-driver failed (see above)"
+    return 1
+  }
+}
+
 setup_env() {
-  ensure_venv && ensure_duckdb_spatial
+  ensure_venv && ensure_duckdb_spatial && ensure_browser
 }

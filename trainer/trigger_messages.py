@@ -16,7 +16,9 @@ from typing import Any
 
 from dataset.times import to_datetime
 
-TRIGGER_REASONS = ("new_data", "schedule", "quality")
+# The streaming pipeline's reasons (``transforms.triggers``), then the
+# dashboard's retrain-now button and the file-arrival trigger.
+TRIGGER_REASONS = ("new_data", "schedule", "quality", "manual", "file")
 _TRIGGER_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
 
 

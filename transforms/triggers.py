@@ -280,7 +280,10 @@ def initial_state_from_bigquery(client, project: str, dataset: str, config: Data
         last = list(
             client.query(
                 f"SELECT sequence, event_time_end, created_at FROM "
-                f"`{project}.{dataset}.{t.retrain_triggers}` ORDER BY sequence DESC LIMIT 1"
+                f"`{project}.{dataset}.{t.retrain_triggers}` "
+                # The pipeline's own triggers (not the dashboard's or the file trigger's).
+                f"WHERE reason IN ('new_data', 'schedule', 'quality') "
+                f"ORDER BY sequence DESC LIMIT 1"
             ).result()
         )
         since = ""

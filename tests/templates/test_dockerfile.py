@@ -126,7 +126,15 @@ def test_the_image_has_every_package_setup_py_installs():
         p.split(".")[0]
         for p in setuptools.find_packages(
             where=str(REPO),
-            include=["dataset*", "pipelines*", "transforms*", "model*", "trainer*", "simulator*"],
+            include=[
+                "dataset*",
+                "pipelines*",
+                "transforms*",
+                "model*",
+                "trainer*",
+                "simulator*",
+                "dashboard*",
+            ],
         )
     }
     setup_text = (REPO / "setup.py").read_text()

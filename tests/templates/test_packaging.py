@@ -15,7 +15,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 REPO = Path(__file__).resolve().parents[2]
-PACKAGES = ("dataset", "pipelines", "transforms", "model", "trainer", "simulator")
+PACKAGES = ("dataset", "pipelines", "transforms", "model", "trainer", "simulator", "dashboard")
 # Imported for us by Beam's TensorFlow handler (apache_beam.ml.inference.tensorflow_inference).
 INDIRECT = {"tensorflow-hub"}
 
