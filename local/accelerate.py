@@ -4,7 +4,7 @@ The DirectRunner that runs our streaming pipeline locally (Beam 2.77) pulls
 10 Pub/Sub messages per bundle, re-inspects every DoFn signature per bundle,
 unpickles and sets up every DoFn per bundle, checks each BigQuery row's size
 by walking every module's globals, and visits every key's timers on every
-scheduling pass (see ``../shared/NOTES.md``, "Beam runners here"). This module
+scheduling pass (read from Beam 2.77's ``apache_beam/runners/direct/`` source). This module
 patches those costs away for the local runner only:
 
     from local.accelerate import accelerate, restore
@@ -546,7 +546,7 @@ def shallow_timer_copies() -> None:
 
 # ----------------------------------------------------------------- public API
 
-# In order of measured gain (NOTES.md, this project's graph); names for
+# In order of measured gain on this project's graph (benchmarks.run --ladder); names for
 # LOCAL_ACCELERATE_PATCHES and ``accelerate(patches=...)``.
 PATCHES: dict[str, Callable[[], None]] = {
     "pubsub_pulls": larger_pubsub_pulls,
