@@ -16,7 +16,15 @@ setuptools.setup(
     description="Streaming continuous training on Apache Beam / Dataflow",
     python_requires=">=3.11",
     packages=setuptools.find_packages(
-        include=["dataset*", "pipelines*", "transforms*", "model*", "trainer*", "simulator*"]
+        include=[
+            "dataset*",
+            "pipelines*",
+            "transforms*",
+            "model*",
+            "trainer*",
+            "simulator*",
+            "serving*",
+        ]
     ),
     package_data={"": ["*.yaml", "*.json"]},
     install_requires=[
@@ -35,6 +43,10 @@ setuptools.setup(
         "google-cloud-pubsub>=2.44,<3",
         "google-cloud-storage>=3.4,<4",
         "numpy>=2.0,<3",
+        # The online prediction service (serving/).
+        "fastapi>=0.115,<1",
+        "uvicorn>=0.30,<1",
+        "prometheus-client>=0.20,<1",
         "psutil>=5.9",
         "pyyaml>=6.0,<7",
     ],
