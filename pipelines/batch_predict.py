@@ -37,6 +37,7 @@ A bounded Beam pipeline::
 
 from __future__ import annotations
 
+import argparse
 import csv
 import datetime as dt
 import hashlib
@@ -70,25 +71,40 @@ _TABLE_RE = re.compile(r"^[A-Za-z0-9_$-]{1,1024}$")
 FILE_SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv"}
 
 
-class BatchPredictOptions(PipelineOptions):
-    """Options of the batch-prediction pipeline (``batch-predict``)."""
+def build_parser() -> argparse.ArgumentParser:
+    """The command's own flags; everything else is a Beam pipeline option.
 
-    @classmethod
-    def _add_argparse_args(cls, parser):
-        parser.add_argument("--config", "--dataset_config", dest="dataset_config", default=None)
-        parser.add_argument(
-            "--input", dest="instances", default=None, help="table or .jsonl/.csv file"
-        )
-        parser.add_argument("--output", default=None, help="output table ([PROJECT.]DATASET.)T")
-        parser.add_argument("--registry", "--model_registry", dest="model_registry", default=None)
-        parser.add_argument(
-            "--model-version", "--model_version", dest="model_version", default=None
-        )
-        parser.add_argument("--bq_dataset", "--bq-dataset", dest="bq_dataset", default=None)
-        parser.add_argument("--bq_project", default=None)
-        parser.add_argument("--temp_dataset", default=None)
-        parser.add_argument("--dead_letter_table", default=None)
-        parser.add_argument("--inference_max_batch_size", type=int, default=64)
+    A plain parser, not a ``PipelineOptions`` subclass: Beam merges every
+    subclass into one parser, where these flags would clash with the streaming
+    pipeline's (``--bq_dataset``, ``--dataset_config``).
+    """
+    p = argparse.ArgumentParser(
+        prog="python -m pipelines.main batch-predict",
+        description="Batch predictions with a registry version, written to BigQuery.",
+        epilog="Other flags are Beam pipeline options (--runner, --project, --region, ...).",
+    )
+    p.add_argument("--config", "--dataset_config", dest="config", required=True)
+    p.add_argument(
+        "--input",
+        required=True,
+        help="[PROJECT.]DATASET.TABLE, a TABLE of --bq_dataset, or a .jsonl/.csv file",
+    )
+    p.add_argument("--output", required=True, help="output table ([PROJECT.]DATASET.)TABLE")
+    p.add_argument("--registry", "--model_registry", dest="registry", required=True)
+    p.add_argument(
+        "--model-version",
+        "--model_version",
+        dest="model_version",
+        help="the version to score with (default: the registry's current one)",
+    )
+    p.add_argument("--bq_dataset", "--bq-dataset", dest="bq_dataset")
+    p.add_argument("--bq_project", help="project of the tables (default: --project)")
+    p.add_argument(
+        "--temp_dataset", help="dataset Beam may use on a BigQuery read (default: output's)"
+    )
+    p.add_argument("--dead_letter_table", help="default: the config's dead-letter table")
+    p.add_argument("--inference_max_batch_size", type=int, default=64)
+    return p
 
 
 # ------------------------------------------------------------------ pure logic
@@ -329,24 +345,16 @@ class Plan:
         header: a CSV file's column names.
     """
 
-    def __init__(self, options: PipelineOptions):
+    def __init__(self, args: argparse.Namespace, options: PipelineOptions):
         from dataset.config import load_config
         from model.registry import ModelRegistry
 
-        opts = options.view_as(BatchPredictOptions)
-        for flag, value in (
-            ("config", opts.dataset_config),
-            ("input", opts.instances),
-            ("output", opts.output),
-            ("registry", opts.model_registry),
-        ):
-            if not value:
-                raise ValueError(f"--{flag} is required")
+        opts = args
         if opts.inference_max_batch_size < 1:
             raise ValueError("--inference_max_batch_size must be >= 1")
-        self.config = load_config(opts.dataset_config)
+        self.config = load_config(opts.config)
         project = opts.bq_project or options.view_as(GoogleCloudOptions).project
-        self.kind = input_kind(opts.instances)
+        self.kind = input_kind(opts.input)
         out_p, out_d, out_t = table_ref(opts.output, project, opts.bq_dataset)
         self.output = f"{out_p}:{out_d}.{out_t}"
         self.project, self.dataset = out_p, out_d
@@ -357,13 +365,13 @@ class Plan:
         self.temp_dataset = (out_p, opts.temp_dataset or out_d)
         self.header: list[str] | None = None
         if self.kind == "bigquery":
-            in_p, in_d, in_t = table_ref(opts.instances, project, opts.bq_dataset)
+            in_p, in_d, in_t = table_ref(opts.input, project, opts.bq_dataset)
             self.source = f"{in_p}:{in_d}.{in_t}"
         else:
-            self.source = opts.instances
+            self.source = opts.input
             if self.kind == "csv":
-                self.header = read_csv_header(opts.instances)
-        registry = ModelRegistry(opts.model_registry)
+                self.header = read_csv_header(opts.input)
+        registry = ModelRegistry(opts.registry)
         self.registry_root = registry.root
         version = opts.model_version or registry.current_version()
         if version is None:
@@ -463,21 +471,18 @@ def _counter(result, name: str) -> int:
 
 
 def main(argv: Sequence[str]) -> int:
-    """``batch-predict``: builds and runs the pipeline; prints a JSON summary."""
-    if "-h" in argv or "--help" in argv:
-        import argparse
+    """``batch-predict``: builds and runs the pipeline; prints a JSON summary.
 
-        parser = argparse.ArgumentParser(
-            prog="python -m pipelines.main batch-predict",
-            description="Batch predictions with a registry version, written to BigQuery.",
-            epilog="Beam's pipeline options are accepted too (--runner, --project, ...).",
-        )
-        BatchPredictOptions._add_argparse_args(parser)
-        parser.print_help()
-        return 0
-    options = PipelineOptions(list(argv))
+    Returns 0 when the job finished, 2 for unusable arguments.
+    """
+    parser = build_parser()
     try:
-        plan = Plan(options)
+        args, beam_args = parser.parse_known_args(list(argv))
+    except SystemExit as e:  # --help (0) or a usage error (2)
+        return int(e.code or 0)
+    options = PipelineOptions(beam_args)
+    try:
+        plan = Plan(args, options)
     except ValueError as e:
         print(f"error: {e}", flush=True)
         return 2

@@ -160,55 +160,51 @@ def test_graph_predicts_with_the_pinned_version_and_dead_letters_bad_lines(regis
         )
 
 
-def _options(*args: str) -> PipelineOptions:
-    return PipelineOptions(list(args))
+def _plan(*argv: str) -> bp.Plan:
+    args, beam_args = bp.build_parser().parse_known_args(list(argv))
+    return bp.Plan(args, PipelineOptions(beam_args))
 
 
 def test_plan_resolves_the_current_version_and_tables(registry, tmp_path):
     root, v1, v2, _, _ = registry
-    plan = bp.Plan(
-        _options(
-            "--config",
-            "configs/traffic.yaml",
-            "--input",
-            "d_in.t_in",
-            "--output",
-            "preds",
-            "--registry",
-            root,
-            "--project",
-            "proj-1",
-            "--bq_dataset",
-            "d_out",
-        )
+    plan = _plan(
+        "--config",
+        "configs/traffic.yaml",
+        "--input",
+        "d_in.t_in",
+        "--output",
+        "preds",
+        "--registry",
+        root,
+        "--project",
+        "proj-1",
+        "--bq_dataset",
+        "d_out",
     )
     assert plan.version == v1 and plan.kind == "bigquery"
     assert plan.source == "proj-1:d_in.t_in" and plan.output == "proj-1:d_out.preds"
     assert plan.dead_letter == "proj-1:d_out.dead_letter"
     assert plan.temp_dataset == ("proj-1", "d_out")
-    pinned = bp.Plan(
-        _options(
-            "--config=configs/traffic.yaml",
-            "--input=x.t",
-            "--output=o.t",
-            f"--registry={root}",
-            "--project=proj-1",
-            f"--model-version={v2}",
-        )
+    pinned = _plan(
+        "--config=configs/traffic.yaml",
+        "--input=x.t",
+        "--output=o.t",
+        f"--registry={root}",
+        "--project=proj-1",
+        f"--model-version={v2}",
     )
     assert pinned.version == v2
 
 
 @pytest.mark.parametrize(
-    ("drop", "extra", "message"),
+    ("extra", "message"),
     [
-        ("--input", [], "--input is required"),
-        ("--registry", [], "--registry is required"),
-        (None, ["--model-version=v20000101T000000Z-abcdef"], "unknown version"),
-        (None, ["--inference_max_batch_size=0"], "must be >= 1"),
+        ("--model-version=v20000101T000000Z-abcdef", "unknown version"),
+        ("--inference_max_batch_size=0", "must be >= 1"),
+        ("--output=a b", "not a BigQuery table"),
     ],
 )
-def test_plan_refuses_what_cannot_run(registry, drop, extra, message):
+def test_plan_refuses_what_cannot_run(registry, extra, message):
     root = registry[0]
     args = {
         "--config": "configs/traffic.yaml",
@@ -216,26 +212,26 @@ def test_plan_refuses_what_cannot_run(registry, drop, extra, message):
         "--output": "p1.d.t",
         "--registry": root,
     }
-    args.pop(drop, None)
     with pytest.raises(ValueError, match=message):
-        bp.Plan(_options(*[f"{k}={v}" for k, v in args.items()], *extra))
+        _plan(*[f"{k}={v}" for k, v in args.items()], extra)
 
 
 def test_an_empty_registry_needs_a_version(tmp_path):
     with pytest.raises(ValueError, match="no current version"):
-        bp.Plan(
-            _options(
-                "--config=configs/traffic.yaml",
-                "--input=data/x.jsonl",
-                "--output=p1.d.t",
-                f"--registry={tmp_path}",
-            )
+        _plan(
+            "--config=configs/traffic.yaml",
+            "--input=data/x.jsonl",
+            "--output=p1.d.t",
+            f"--registry={tmp_path}",
         )
 
 
-def test_main_reports_bad_options_with_exit_2(capsys):
+def test_main_reports_bad_options_with_exit_2(capsys, registry):
     assert bp.main(["--config=configs/traffic.yaml"]) == 2
-    assert "--input is required" in capsys.readouterr().out
+    assert "--input" in capsys.readouterr().err
+    args = ["--config=configs/traffic.yaml", "--input=x.parquet/y", "--output=p1.d.t"]
+    assert bp.main([*args, f"--registry={registry[0]}"]) == 2
+    assert "must end in" in capsys.readouterr().out
 
 
 # -------------------------------------------------------------- the emulator
