@@ -51,3 +51,34 @@ def test_parse_table_wants_three_parts(bad):
     with pytest.raises(ValueError, match="PROJECT.DATASET.TABLE"):
         parse_table(bad)
     assert parse_table("p:d.t") == ("p", "d", "t")
+
+
+@pytest.mark.emulators
+def test_the_loader_reads_a_batch_prediction_table(bigquery_client, gcp_project, unique_name):
+    """The service's hybrid loader on the table ``batch-predict`` writes (emulator)."""
+    from dataset.resources import ensure_bigquery_dataset, table_definition
+    from dataset.tables import TableLayout, prediction_schema
+    from serving.hybrid import bigquery_loader
+    from tests.helpers import TRAFFIC
+
+    ensure_bigquery_dataset(bigquery_client, gcp_project, unique_name)
+    table = f"{gcp_project}.{unique_name}.batch_predictions"
+    layout = TableLayout("event_time", ("sensor_id",))
+    bigquery_client.create_table(table_definition(table, prediction_schema(TRAFFIC), layout))
+    rows = [
+        {"example_id": "a1", "sensor_id": "A", "event_time": "2026-01-01T00:00:00Z",
+         "prediction": 0.2, "predicted_label": 0, "model_version": "v1",
+         "predicted_at": "2026-01-01T00:00:00Z"},
+        {"example_id": "a2", "sensor_id": "A", "event_time": "2026-01-01T00:01:00Z",
+         "prediction": 0.7, "predicted_label": 1, "model_version": "v2",
+         "predicted_at": "2026-01-02T00:00:00Z"},
+        {"example_id": "b1", "sensor_id": "B", "event_time": "2026-01-01T00:00:00Z",
+         "prediction": 0.4, "predicted_label": 0, "model_version": "v1",
+         "predicted_at": "2026-01-01T00:00:00Z"},
+    ]  # fmt: skip
+    assert bigquery_client.insert_rows_json(table, rows) == []
+    loaded = bigquery_loader(bigquery_client, table, TRAFFIC)()
+    assert {k: (v.prediction, v.model_version) for k, v in loaded.items()} == {
+        "A": (0.7, "v2"),
+        "B": (0.4, "v1"),
+    }
