@@ -47,7 +47,7 @@ import numpy as np  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "serving_load.json"
 CONFIG = "configs/traffic.yaml"
-WARMUP = 50
+WARMUP_PER_CLIENT = 10  # requests per client before latencies count
 
 
 def _instances(n: int, seed: int) -> list[dict[str, Any]]:
@@ -104,7 +104,7 @@ def _client_loop(url: str, bodies: list[bytes], per_request: int) -> list[float]
                 raise RuntimeError(f"HTTP {response.status_code}: {response.text[:300]}")
             if len(response.json()["predictions"]) != per_request:
                 raise RuntimeError("wrong number of predictions")
-            if i >= WARMUP // 5:
+            if i >= WARMUP_PER_CLIENT:
                 latencies.append(elapsed)
     return latencies
 
@@ -114,7 +114,7 @@ def _loop(url: str, per_request: int, requests: int, clients: int) -> dict[str, 
     bodies = [
         [
             json.dumps({"instances": _instances(per_request, seed=c * 100_000 + i)}).encode()
-            for i in range(per_client + WARMUP // 5)
+            for i in range(per_client + WARMUP_PER_CLIENT)
         ]
         for c in range(clients)
     ]
