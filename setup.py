@@ -40,6 +40,9 @@ setuptools.setup(
         "google-auth>=2.40,<3",
         "google-cloud-aiplatform>=1.165,<2",
         "google-cloud-bigquery>=3.47,<4",
+        # Storage Read client and its gRPC channel (batch-predict's DIRECT_READ locally).
+        "google-cloud-bigquery-storage>=2.30,<3",
+        "grpcio>=1.60,<2",
         "google-cloud-pubsub>=2.44,<3",
         "google-cloud-storage>=3.4,<4",
         "numpy>=2.0,<3",

@@ -32,7 +32,8 @@ A bounded Beam pipeline::
 * Invalid instances (and inference failures) go to the dead-letter table.
 * BigQuery input is read with ``DIRECT_READ`` and an explicit
   ``temp_dataset`` (default: the output dataset), never the default: without
-  it Beam's cleanup deletes datasets by label (``../shared/NOTES.md``).
+  it Beam's cleanup deletes datasets by label (and, on the emulator, which
+  ignores the label filter, every dataset of the project).
 """
 
 from __future__ import annotations
