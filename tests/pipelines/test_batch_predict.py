@@ -310,3 +310,47 @@ def test_batch_predict_command_against_the_bigquery_emulator(
     assert [(d["step"], "road_type" in d["errorMessage"]) for d in dead] == [
         ("ValidateInstances", True)
     ]
+
+
+def test_csv_input_through_the_graph(registry, tmp_path):
+    root, v1, _, m1, _ = registry
+    instances = _instances(4)
+    header = ["sensor_id", "event_time", "vehicle_count", "mean_speed_kmh", "occupancy"]
+    header += ["hour_of_day", "road_type", "congested"]
+    path = tmp_path / "instances.csv"
+    lines = [",".join(header)] + [",".join(str(i[h]) for h in header) for i in instances]
+    lines.append("S9,2023-11-14T22:14:00Z,many,1,0.5,8,local,0")
+    path.write_text("\n".join(lines) + "\n")
+    assert bp.read_csv_header(str(path)) == header
+    scores = m1.predict(encode_batch(instances, TRAFFIC), verbose=0).reshape(-1)
+    expected = {i["sensor_id"]: float(s) for i, s in zip(instances, scores, strict=True)}
+
+    def check(rows):
+        assert {r["sensor_id"]: r["model_version"] for r in rows} == dict.fromkeys(expected, v1)
+        for row in rows:
+            assert row["prediction"] == pytest.approx(expected[row["sensor_id"]], abs=1e-5)
+
+    with TestPipeline() as p:
+        out = bp.build_graph(p | beam.Create(lines[1:]), TRAFFIC, root, v1, "csv", header)
+        assert_that(out["predictions"], check)
+        errors = out["dead_letter"] | beam.Map(lambda r: "vehicle_count" in r["errorMessage"])
+        assert_that(errors, equal_to([True]), label="DeadLetters")
+
+
+def test_read_csv_header_refuses_missing_files(tmp_path):
+    with pytest.raises(ValueError, match="no such file"):
+        bp.read_csv_header(str(tmp_path / "none.csv"))
+
+
+def test_a_pinned_version_that_cannot_load_fails_the_job(registry, tmp_path):
+    import shutil
+
+    from model.registry import KERAS_FILE, ModelRegistry
+
+    root = tmp_path / "registry"
+    shutil.copytree(registry[0], root)
+    v1 = registry[1]
+    (root / "versions" / v1 / KERAS_FILE).write_bytes(b"corrupt")
+    handler = bp.PinnedVersionHandler(ModelRegistry(str(root)).root, v1)
+    with pytest.raises(RuntimeError, match=f"{v1} could not be loaded"):
+        handler.load_model()
