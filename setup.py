@@ -24,6 +24,7 @@ setuptools.setup(
             "trainer*",
             "simulator*",
             "dashboard*",
+            "serving*",
         ]
     ),
     package_data={"": ["*.yaml", "*.json"]},
@@ -36,7 +37,7 @@ setuptools.setup(
         "tensorflow-metadata>=1.21,<2",
         # Data-validation statistics and TFMD schema helpers (the design card's stack).
         "tfx-bsl>=1.21,<2",
-        # The dashboard (dashboard.app) and its server.
+        # The dashboard and the online prediction service, and their server.
         "fastapi>=0.115,<1",
         "starlette>=0.40",
         "uvicorn>=0.30,<1",
@@ -44,9 +45,14 @@ setuptools.setup(
         "google-auth>=2.40,<3",
         "google-cloud-aiplatform>=1.165,<2",
         "google-cloud-bigquery>=3.47,<4",
+        # Storage Read client and its gRPC channel (batch-predict's DIRECT_READ locally).
+        "google-cloud-bigquery-storage>=2.30,<3",
+        "grpcio>=1.60,<2",
         "google-cloud-pubsub>=2.44,<3",
         "google-cloud-storage>=3.4,<4",
         "numpy>=2.0,<3",
+        # The online prediction service's metrics (serving/).
+        "prometheus-client>=0.20,<1",
         "psutil>=5.9",
         "pyyaml>=6.0,<7",
     ],

@@ -88,6 +88,15 @@ class HotSwapModel:
         """The version being served (None before the first successful load)."""
         return self._version
 
+    def serving(self) -> tuple[str | None, Any]:
+        """The ``(version, model)`` being served now, without polling the registry.
+
+        For callers that poll with ``acquire`` on a thread of their own (the
+        online service), so request threads never read the pointer or load.
+        """
+        with self._cond:
+            return self._version, self._model
+
     def acquire(self) -> tuple[str | None, Any]:
         """The ``(version, model)`` to score the next batch with, refreshed if due.
 

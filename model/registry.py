@@ -5,8 +5,9 @@ google-cloud-storage client for ``gs://`` roots (the same code path the tests
 run against a storage emulator). Layout under the registry root::
 
     versions/<version>/model.keras      Keras 3 file (what the serving handler loads)
-    versions/<version>/saved_model/     TF SavedModel, 'serving_default' signature
-                                        (Keras ``Model.export``), for TF Serving / Vertex
+    versions/<version>/saved_model/     TF SavedModel for TF Serving / Vertex AI:
+                                        'serving_default' takes the raw feature fields
+                                        (``model.export``), 'serving_encoded' the vector
     versions/<version>/metadata.json    version, created_at, dataset, training_data,
                                         metrics, status, reasons, parent_version, ...
     versions/<version>/_COMPLETE        written LAST; a version without it is invisible
@@ -64,6 +65,8 @@ from model.storage import PreconditionFailed, Store, is_remote, open_store
 
 if TYPE_CHECKING:  # keep ``import model.registry`` cheap: TF/Keras load on first use
     import keras
+
+    from dataset.config import DatasetConfig
 
 logger = logging.getLogger(__name__)
 
@@ -437,7 +440,11 @@ class ModelRegistry:
     # ------------------------------------------------------------- writing
 
     def publish(
-        self, model: keras.Model, metadata: dict[str, Any], status: str = "candidate"
+        self,
+        model: keras.Model,
+        metadata: dict[str, Any],
+        status: str = "candidate",
+        config: DatasetConfig | None = None,
     ) -> str:
         """Saves ``model`` as a new complete version and returns its id.
 
@@ -453,6 +460,11 @@ class ModelRegistry:
             metadata: JSON-serializable facts about the version, e.g. ``dataset``,
                 ``training_data`` ``{start, end, rows}``, ``metrics``, ``source``.
             status: the initial status; not ``promoted`` (use ``promote``).
+            config: the dataset config; when given, ``serving_default`` takes the
+                raw feature fields and encodes them in the graph
+                (``model.export.export_saved_model``; ``serving_encoded`` keeps
+                the encoded vector). Without it, ``serving_default`` takes the
+                encoded vector (``Model.export``).
 
         Raises:
             ValueError: for an unknown status.
@@ -481,9 +493,13 @@ class ModelRegistry:
         key = _key(VERSIONS_DIR, version)
         try:
             model.save(os.path.join(staging, KERAS_FILE))
-            model.export(
-                os.path.join(staging, SAVED_MODEL_DIR), format="tf_saved_model", verbose=False
-            )
+            saved_model = os.path.join(staging, SAVED_MODEL_DIR)
+            if config is not None:
+                from model.export import export_saved_model
+
+                export_saved_model(model, saved_model, config)
+            else:
+                model.export(saved_model, format="tf_saved_model", verbose=False)
             with open(os.path.join(staging, METADATA_FILE), "w", encoding="utf-8") as f:
                 f.write(text)
             self._store.put_tree(staging, key)

@@ -30,3 +30,33 @@ def configure_bigquery_emulator(project: str) -> bool:
     bigquery_v2_client.BigqueryV2.BASE_URL = f"{url.rstrip('/')}/bigquery/v2/"
     _LOG.info("BigQuery calls go to the emulator at %s (project %s)", url, project)
     return True
+
+
+def configure_bigquery_storage_emulator() -> bool:
+    """Points Beam's Storage Read client (``DIRECT_READ``) at the emulator's gRPC port.
+
+    Beam creates ``BigQueryReadClient()`` without arguments; with
+    ``BIGQUERY_EMULATOR_GRPC_HOST`` set (and only then) every such client of
+    this process gets an insecure channel to that address. Returns whether it did.
+    """
+    host = os.environ.get("BIGQUERY_EMULATOR_GRPC_HOST")
+    if not host:
+        return False
+    import grpc
+    from google.cloud import bigquery_storage_v1
+    from google.cloud.bigquery_storage_v1.services.big_query_read.transports import (
+        BigQueryReadGrpcTransport,
+    )
+
+    original = getattr(bigquery_storage_v1, "_UNPATCHED_READ_CLIENT", None)
+    if original is None:
+        original = bigquery_storage_v1.BigQueryReadClient
+        bigquery_storage_v1._UNPATCHED_READ_CLIENT = original
+
+    def emulator_client(*args, **kwargs):
+        channel = grpc.insecure_channel(host)
+        return original(transport=BigQueryReadGrpcTransport(channel=channel))
+
+    bigquery_storage_v1.BigQueryReadClient = emulator_client
+    _LOG.info("BigQuery Storage reads go to the emulator at %s", host)
+    return True

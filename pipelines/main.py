@@ -88,6 +88,10 @@ def help_parser() -> argparse.ArgumentParser:
 
 def run(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
+    if args and args[0] == "batch-predict":  # static serving: a batch pipeline of its own
+        from pipelines import batch_predict
+
+        sys.exit(batch_predict.main(args[1:]))
     if "-h" in args or "--help" in args:
         help_parser().print_help()
         return

@@ -48,6 +48,7 @@ from model.registry import SAVED_MODEL_DIR
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 SERVING_SIGNATURE = "serving_default"
+ENCODED_SIGNATURE = "serving_encoded"
 AGREEMENT_TOLERANCE = 1e-3
 
 
@@ -122,7 +123,10 @@ def _infra_steps(registry, version: str, x: np.ndarray, task: str | None) -> dic
                 f"SavedModel has no '{SERVING_SIGNATURE}' signature (found: {signatures or 'none'})"
             )
         else:
-            fn = loaded.signatures[SERVING_SIGNATURE]
+            # A raw-feature export (model.export) serves the encoded vector as
+            # 'serving_encoded'; export_saved_model checked the raw signature against it.
+            vector = ENCODED_SIGNATURE if ENCODED_SIGNATURE in loaded.signatures else None
+            fn = loaded.signatures[vector or SERVING_SIGNATURE]
             _, kwargs = fn.structured_input_signature
             if len(kwargs) != 1:
                 reasons.append(

@@ -357,7 +357,7 @@ def run_task(
         "training_source": source,
         **opts.metadata,
     }
-    version = registry.publish(model, metadata, status="candidate")
+    version = registry.publish(model, metadata, status="candidate", config=config)
     run.fields["model_version"] = version
     run.timed("publish_s", t)
     _say(f"published candidate {version} to {registry.root}")

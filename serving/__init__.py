@@ -1,0 +1,1 @@
+"""Online and hybrid prediction service (``python -m serving.app``)."""
