@@ -114,7 +114,7 @@ def test_busy_port_fails_clearly_and_still_prints_summary(tmp_path):
 )
 def test_replay_arguments_fail_fast(tmp_path, args, message):
     """Checked before anything starts: exit 2, the reason on stderr, no state dir."""
-    result = _run(tmp_path, [1, 2, 3], "--config", "configs/ad_conversions.yaml", *args)
+    result = _run(tmp_path, _free_ports(3), "--config", "configs/ad_conversions.yaml", *args)
     assert result.returncode == 2, result.stdout + result.stderr
     assert message in result.stderr
     assert not (tmp_path / "run").exists()
@@ -122,7 +122,9 @@ def test_replay_arguments_fail_fast(tmp_path, args, message):
 
 def test_a_config_the_simulator_cannot_produce_needs_replay(tmp_path):
     """No traffic simulator for another stream: a clear error before the emulators start."""
-    result = _run(tmp_path, [1, 2, 3], "--config", "configs/ad_conversions.yaml", "--duration", "5")
+    result = _run(
+        tmp_path, _free_ports(3), "--config", "configs/ad_conversions.yaml", "--duration", "5"
+    )
     assert result.returncode == 2, result.stdout + result.stderr
     assert "the traffic simulator cannot produce records for configs/ad_conversions.yaml" in (
         result.stdout
