@@ -40,7 +40,8 @@ Adaptive Random Forest (``forest.ARFClassifier``, 10 trees), with the
 ``no_change`` (previous label of the same key) and ``majority`` (running
 majority class) baselines. ``accuracy`` counts the rows after the first 10%
 (the backtest's warm-up, so the figures compare), also split before/after the
-drift point; ``kappa_temporal`` is against ``no_change``. Results go to
+drift point (and over the first 2,000 rows after it: the recovery);
+``kappa_temporal`` is against ``no_change``. Results go to
 ``--results`` as JSON.
 """
 
@@ -65,6 +66,7 @@ LABEL_FIELD = "label"
 N_SOURCES = 20
 START = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
 WARMUP_FRACTION = 0.1
+RECOVERY_ROWS = 2000  # rows right after the drift point: how fast a learner recovers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -246,8 +248,10 @@ def _scores(
     out: dict[str, Any] = {"accuracy": acc, "rows_scored": len(scored)}
     if drift_at is not None and warmup < drift_at < len(hits):
         before, after = hits[warmup:drift_at], hits[drift_at:]
+        recovery = hits[drift_at : drift_at + RECOVERY_ROWS]
         out["accuracy_before_drift"] = sum(before) / len(before)
         out["accuracy_after_drift"] = sum(after) / len(after)
+        out[f"accuracy_first_{RECOVERY_ROWS}_after_drift"] = sum(recovery) / len(recovery)
     if acc is not None and no_change_acc is not None and no_change_acc < 1:
         out["kappa_temporal"] = (acc - no_change_acc) / (1 - no_change_acc)
     return out
