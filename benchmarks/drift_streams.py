@@ -114,16 +114,16 @@ def _hyperplane(rows: int, seed: int):
     )
 
 
-_AGRAWAL_FEATURES = {
-    "salary": {"type": "float", "min": 0},
-    "commission": {"type": "float", "min": 0},
-    "age": {"type": "int", "min": 0, "max": 120},
+_AGRAWAL_FEATURES = {  # river's generator ranges (the config's min/max also scale features)
+    "salary": {"type": "float", "min": 20000, "max": 150000},
+    "commission": {"type": "float", "min": 0, "max": 85000},
+    "age": {"type": "int", "min": 20, "max": 80},
     "elevel": {"type": "int", "min": 0, "max": 4},
     "car": {"type": "int", "min": 1, "max": 20},
     "zipcode": {"type": "int", "min": 0, "max": 8},
-    "hvalue": {"type": "float", "min": 0},
-    "hyears": {"type": "int", "min": 0, "max": 40},
-    "loan": {"type": "float", "min": 0},
+    "hvalue": {"type": "float", "min": 0, "max": 1200000},
+    "hyears": {"type": "int", "min": 1, "max": 30},
+    "loan": {"type": "float", "min": 0, "max": 500000},
 }
 
 STREAMS: dict[str, StreamSpec] = {
