@@ -30,7 +30,7 @@
 # Environment: PUBSUB_PORT (8085), BQ_REST_PORT (9050), BQ_GRPC_PORT (9060),
 # PROJECT (local-project), TOPIC, SUBSCRIPTION, BQ_DATASET (derived from the
 # config name), DRAIN_SECONDS (120), PROGRESS_SECONDS (10),
-# RUN_LOCAL_STATE_DIR (.local/run), SIMULATOR_ARGS (extra simulator flags),
+# RUN_LOCAL_STATE_DIR (.local/run), SIMULATOR_ARGS (extra simulator flags; not with --replay),
 # DAY_ORIGIN (epoch second the simulated day starts; default: 05:00 at start-up).
 # Logs: <state dir>/pipeline.log, simulator.log, *-emulator.log.
 
@@ -335,10 +335,9 @@ if [ -n "$REPLAY" ]; then
   [ -n "$DURATION" ] && PUBLISH_DEADLINE=$(($(date +%s) + DURATION))
   say "replaying $REPLAY_SOURCE: $RATE rows/s, event times rebased to now, for" \
     "${DURATION:+at most $DURATION s or }until the file ends (log: $SIMULATOR_LOG)"
-  # shellcheck disable=SC2086  # SIMULATOR_ARGS is split on purpose
   setsid "$PY" -m simulator.publish replay "$REPLAY_SOURCE" --config "$CONFIG" \
     --topic "projects/$PROJECT/topics/$TOPIC" --rate "$RATE" --rebase-time \
-    --stats-file "$STATS_FILE" ${SIMULATOR_ARGS:-} \
+    --stats-file "$STATS_FILE" \
     >"$SIMULATOR_LOG" 2>&1 </dev/null 9>&- &
 else
   # Without --duration the simulator runs until stopped (Ctrl-C ends the run).
