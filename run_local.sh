@@ -5,14 +5,21 @@
 # Ctrl-C/TERM). Everything it starts is stopped by PID (process groups).
 #
 # Usage: ./run_local.sh [--duration SECONDS] [--config PATH] [--rate N]
-#                       [--drift-after SECONDS] [--setup-only] [-- EXTRA PIPELINE ARGS...]
+#                       [--drift-after SECONDS] [--replay FILE [--bootstrap-rows N]]
+#                       [--setup-only] [-- EXTRA PIPELINE ARGS...]
 #
-#   --duration SECONDS  simulate for SECONDS, drain (max DRAIN_SECONDS, 120), stop.
-#                       Default: run until Ctrl-C.
+#   --duration SECONDS  publish for SECONDS, drain (max DRAIN_SECONDS, 120), stop.
+#                       Default: run until Ctrl-C (with --replay: until the file ends).
 #   --config PATH       dataset config (default configs/traffic.yaml)
 #   --rate N            events per second (default 10; the local runner sustains ~12-15)
 #   --drift-after S     the simulator's concept drift (road works) starts S seconds
 #                       in (default: 40% of --duration; none without --duration)
+#   --replay FILE       publish this JSONL/CSV file (described by --config), in file
+#                       order, event times rebased to now, instead of the simulator.
+#                       Needed for configs the traffic simulator cannot produce.
+#   --bootstrap-rows N  with --replay: train the first model on the file's first N
+#                       valid rows (trainer.bootstrap --from-file) and replay the rest;
+#                       without it, a replay starts cold (no model until a retrain).
 #   --setup-only        set up venv, emulators and resources, print the summary, stop.
 #
 # The loop: a first model is bootstrapped from simulated history into the
@@ -23,20 +30,22 @@
 # Environment: PUBSUB_PORT (8085), BQ_REST_PORT (9050), BQ_GRPC_PORT (9060),
 # PROJECT (local-project), TOPIC, SUBSCRIPTION, BQ_DATASET (derived from the
 # config name), DRAIN_SECONDS (120), PROGRESS_SECONDS (10),
-# RUN_LOCAL_STATE_DIR (.local/run), SIMULATOR_ARGS (extra simulator flags),
+# RUN_LOCAL_STATE_DIR (.local/run), SIMULATOR_ARGS (extra simulator flags; not with --replay),
 # DAY_ORIGIN (epoch second the simulated day starts; default: 05:00 at start-up).
 # Logs: <state dir>/pipeline.log, simulator.log, *-emulator.log.
 
 set -Eeuo pipefail
 cd "$(dirname "$0")"
 
-usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; }
 
 DURATION=""
 DRIFT_AFTER=""
 CONFIG="configs/traffic.yaml"
 RATE=10
 SETUP_ONLY=0
+REPLAY=""             # --replay FILE: the source instead of the simulator
+BOOTSTRAP_ROWS=""     # --bootstrap-rows N: first model from the file's first N valid rows
 PIPELINE_EXTRA=()
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -48,6 +57,10 @@ while [ $# -gt 0 ]; do
     --config=*) CONFIG="${1#*=}"; shift ;;
     --rate) RATE="${2:-}"; shift 2 ;;
     --rate=*) RATE="${1#*=}"; shift ;;
+    --replay) REPLAY="${2:-}"; shift 2 ;;
+    --replay=*) REPLAY="${1#*=}"; shift ;;
+    --bootstrap-rows) BOOTSTRAP_ROWS="${2:-}"; shift 2 ;;
+    --bootstrap-rows=*) BOOTSTRAP_ROWS="${1#*=}"; shift ;;
     --setup-only) SETUP_ONLY=1; shift ;;
     -h | --help) usage; exit 0 ;;
     --) shift; PIPELINE_EXTRA=("$@"); break ;;
@@ -57,6 +70,16 @@ done
 [[ -z "$DURATION" || "$DURATION" =~ ^[0-9]+$ ]] || { echo "--duration must be whole seconds" >&2; exit 2; }
 [[ "$RATE" =~ ^[0-9]+([.][0-9]+)?$ ]] || { echo "--rate must be a number" >&2; exit 2; }
 [ -f "$CONFIG" ] || { echo "config $CONFIG not found" >&2; exit 2; }
+if [ -n "$REPLAY" ]; then
+  [ -f "$REPLAY" ] || { echo "--replay: file $REPLAY not found" >&2; exit 2; }
+  [[ "$REPLAY" =~ \.(jsonl|ndjson|json|csv)$ ]] ||
+    { echo "--replay: $REPLAY must be JSON Lines (.jsonl/.ndjson/.json) or .csv" >&2; exit 2; }
+  [ -z "$DRIFT_AFTER" ] || { echo "--drift-after is the simulator's; it does not apply to --replay" >&2; exit 2; }
+fi
+if [ -n "$BOOTSTRAP_ROWS" ]; then
+  [ -n "$REPLAY" ] || { echo "--bootstrap-rows needs --replay FILE (the rows come from that file)" >&2; exit 2; }
+  [[ "$BOOTSTRAP_ROWS" =~ ^[1-9][0-9]*$ ]] || { echo "--bootstrap-rows must be a positive whole number of rows" >&2; exit 2; }
+fi
 
 STATE_DIR="${RUN_LOCAL_STATE_DIR:-.local/run}"
 PROJECT="${PROJECT:-local-project}"
@@ -190,8 +213,26 @@ source local/setup_env.sh
 setup_env
 PY="$VENV_PY"
 
-CFG_NAME="$("$PY" -c 'import sys; from dataset.config import load_config
-print(load_config(sys.argv[1]).name)' "$CONFIG")"
+# The config's name, and whether the traffic simulator produces its records
+# (then it is the default source and bootstraps the first model).
+read -r CFG_NAME SIMULATED < <("$PY" -c 'import sys
+from dataset.config import load_config
+from simulator.messages import check_config_matches
+from simulator.traffic import TrafficSimulator
+config = load_config(sys.argv[1])
+try:
+    check_config_matches(config, TrafficSimulator(n_sensors=1).reading(0, 0.0), "")
+    simulated = config.label.source == "inline"
+except ValueError:
+    simulated = False
+print(config.name, "yes" if simulated else "no")' "$CONFIG") || true
+[ -n "${CFG_NAME:-}" ] || { FAILURE="config $CONFIG does not load"; exit 2; }
+if [ -z "$REPLAY" ] && [ "$SIMULATED" != yes ]; then
+  FAILURE="config $CONFIG does not describe the traffic simulator's readings: give --replay FILE"
+  say "ERROR: the traffic simulator cannot produce records for $CONFIG; replay your own data with" \
+    "--replay FILE (e.g. ./run_local.sh --config $CONFIG --replay data/<your file>.jsonl)"
+  exit 2
+fi
 TOPIC="${TOPIC:-${CFG_NAME}-events}"
 SUBSCRIPTION="${SUBSCRIPTION:-${CFG_NAME}-pipeline}"
 BQ_DATASET="${BQ_DATASET:-${CFG_NAME}_local}"
@@ -245,7 +286,26 @@ rm -rf "$MODEL_REGISTRY" "$STATE_DIR/launcher"
 # works change labels (at night nobody is congested either way), and a 300 s run
 # ends near the evening rush. Bootstrap history and publisher share the origin.
 DAY_ORIGIN="${DAY_ORIGIN:-$(( $(date +%s) - 125 ))}"
-if [ "$CFG_NAME" = "traffic" ]; then
+REPLAY_SOURCE="$REPLAY"  # what the publisher replays (the rest after a file bootstrap)
+if [ -n "$REPLAY" ] && [ -n "$BOOTSTRAP_ROWS" ]; then
+  REPLAY_SOURCE="$STATE_DIR/replay-rest.${REPLAY##*.}"
+  say "bootstrapping the first model from the first $BOOTSTRAP_ROWS valid rows of $REPLAY"
+  boot_rc=0
+  timeout 600 "$PY" -m trainer.bootstrap --config "$CONFIG" --registry "$MODEL_REGISTRY" \
+    --project "$PROJECT" --bq_dataset "$BQ_DATASET" \
+    --from-file "$REPLAY" --rows "$BOOTSTRAP_ROWS" --rest-file "$REPLAY_SOURCE" \
+    >"$STATE_DIR/bootstrap.log" 2>&1 || boot_rc=$?
+  if [ "$boot_rc" -eq 1 ] && [ -f "$REPLAY_SOURCE" ]; then
+    say "WARNING: the gates rejected the bootstrap model; starting cold (see $STATE_DIR/bootstrap.log)"
+  elif [ "$boot_rc" -ne 0 ]; then
+    show_log_tail "$STATE_DIR/bootstrap.log" 30
+    FAILURE="bootstrap from $REPLAY failed"
+    exit "$([ "$boot_rc" -eq 2 ] && echo 2 || echo 1)"
+  fi
+  tail -n 1 "$STATE_DIR/bootstrap.log"
+elif [ -n "$REPLAY" ]; then
+  say "replaying $REPLAY without --bootstrap-rows: the pipeline starts without a model (cold start)"
+elif [ "$SIMULATED" = yes ]; then
   say "bootstrapping the first model from simulated history (registry: $MODEL_REGISTRY)"
   timeout 600 "$PY" -m trainer.bootstrap --config "$CONFIG" --registry "$MODEL_REGISTRY" \
     --project "$PROJECT" --bq_dataset "$BQ_DATASET" \
@@ -253,8 +313,6 @@ if [ "$CFG_NAME" = "traffic" ]; then
     --events "${BOOTSTRAP_EVENTS:-20000}" --if-empty >"$STATE_DIR/bootstrap.log" 2>&1 ||
     { show_log_tail "$STATE_DIR/bootstrap.log" 30; FAILURE="bootstrap failed"; exit 1; }
   tail -n 1 "$STATE_DIR/bootstrap.log"
-else
-  say "no simulated history for $CFG_NAME: the pipeline starts without a model (cold start)"
 fi
 
 if [ "$SETUP_ONLY" = 1 ]; then
@@ -356,19 +414,30 @@ if [ -n "$SERVING_PID" ]; then
 fi
 say "file trigger:       drop JSON Lines files into $INCOMING_DIR"
 
-# Without --duration the simulator runs until stopped (Ctrl-C ends the run).
-SIM_DURATION=()
-[ -n "$DURATION" ] && SIM_DURATION=(--duration "$DURATION")
-if [ -z "$DRIFT_AFTER" ] && [ -n "$DURATION" ]; then DRIFT_AFTER=$((DURATION * 2 / 5)); fi
-[ -n "$DRIFT_AFTER" ] && SIM_DURATION+=(--drift-after "$DRIFT_AFTER")
-say "starting the simulator: $RATE events/s for ${DURATION:-unlimited} s (log: $SIMULATOR_LOG)"
-# shellcheck disable=SC2086  # SIMULATOR_ARGS is split on purpose
-setsid "$PY" -m simulator.publish simulate --config "$CONFIG" \
-  --topic "projects/$PROJECT/topics/$TOPIC" --rate "$RATE" ${SIM_DURATION[@]+"${SIM_DURATION[@]}"} \
-  --malformed-fraction 0.02 --late-fraction 0.02 --duplicate-fraction 0.01 \
-  --day-origin "$DAY_ORIGIN" \
-  --stats-file "$STATS_FILE" --ids-file "$IDS_FILE" ${SIMULATOR_ARGS:-} \
-  >"$SIMULATOR_LOG" 2>&1 </dev/null 9>&- &
+PUBLISH_DEADLINE=""  # a replay is stopped (SIGTERM: flush, final stats, exit 0) at --duration
+if [ -n "$REPLAY" ]; then
+  [ -n "$DURATION" ] && PUBLISH_DEADLINE=$(($(date +%s) + DURATION))
+  say "replaying $REPLAY_SOURCE: $RATE rows/s, event times rebased to now, for" \
+    "${DURATION:+at most $DURATION s or }until the file ends (log: $SIMULATOR_LOG)"
+  setsid "$PY" -m simulator.publish replay "$REPLAY_SOURCE" --config "$CONFIG" \
+    --topic "projects/$PROJECT/topics/$TOPIC" --rate "$RATE" --rebase-time \
+    --stats-file "$STATS_FILE" --ids-file "$IDS_FILE" \
+    >"$SIMULATOR_LOG" 2>&1 </dev/null 9>&- &
+else
+  # Without --duration the simulator runs until stopped (Ctrl-C ends the run).
+  SIM_DURATION=()
+  [ -n "$DURATION" ] && SIM_DURATION=(--duration "$DURATION")
+  if [ -z "$DRIFT_AFTER" ] && [ -n "$DURATION" ]; then DRIFT_AFTER=$((DURATION * 2 / 5)); fi
+  [ -n "$DRIFT_AFTER" ] && SIM_DURATION+=(--drift-after "$DRIFT_AFTER")
+  say "starting the simulator: $RATE events/s for ${DURATION:-unlimited} s (log: $SIMULATOR_LOG)"
+  # shellcheck disable=SC2086  # SIMULATOR_ARGS is split on purpose
+  setsid "$PY" -m simulator.publish simulate --config "$CONFIG" \
+    --topic "projects/$PROJECT/topics/$TOPIC" --rate "$RATE" ${SIM_DURATION[@]+"${SIM_DURATION[@]}"} \
+    --malformed-fraction 0.02 --late-fraction 0.02 --duplicate-fraction 0.01 \
+    --day-origin "$DAY_ORIGIN" \
+    --stats-file "$STATS_FILE" --ids-file "$IDS_FILE" ${SIMULATOR_ARGS:-} \
+    >"$SIMULATOR_LOG" 2>&1 </dev/null 9>&- &
+fi
 SIMULATOR_PID=$!
 echo "$SIMULATOR_PID" >"$STATE_DIR/simulator.pid"
 
@@ -387,6 +456,11 @@ next_progress=$(($(date +%s) + PROGRESS_SECONDS))
 while running "$SIMULATOR_PID"; do
   running "$PIPELINE_PID" || pipeline_died
   running "$LAUNCHER_PID" || { FAILURE="launcher exited early; see $LAUNCHER_LOG"; show_log_tail "$LAUNCHER_LOG" 30; exit 1; }
+  if [ -n "$PUBLISH_DEADLINE" ] && [ "$(date +%s)" -ge "$PUBLISH_DEADLINE" ]; then
+    say "--duration reached: stopping the replay"
+    kill -TERM "$SIMULATOR_PID" 2>/dev/null || true
+    PUBLISH_DEADLINE=""
+  fi
   if [ "$(date +%s)" -ge "$next_progress" ]; then
     summary_cmd 30 --progress 2>/dev/null || say "(progress unavailable)"
     next_progress=$(($(date +%s) + PROGRESS_SECONDS))

@@ -7,8 +7,10 @@ Usage::
         [--end-time EPOCH|ISO (default now)] [--drift] [--if-empty] [--rate 10] \\
         [--sensors 300] [--day-seconds 600] [--day-origin EPOCH] [--epochs 8] \\
         [--history-file PATH]
+    python -m trainer.bootstrap --config CONFIG --registry .local/registry \\
+        --from-file DATA.jsonl|DATA.csv --rows N [--rest-file REST.jsonl] [--project P ...]
 
-Steps:
+Steps (simulated history):
 
 1. generate ``--events`` past readings ending at ``--end-time`` with
    ``TrafficSimulator(seed=...)`` (``--drift``: post-drift "road works" history);
@@ -38,6 +40,14 @@ the last line is one JSON object ``{"version", "status", "promoted", "metrics",
 trainer rejected the candidate or failed, 2 a user error (``error: ...`` on
 stderr).
 
+With ``--from-file`` the history is the first ``--rows`` valid rows of the
+user's own file instead (``trainer.file_history.split_file``: the pipeline's
+validation and training rows, separate labels joined), trained on by the same
+single trainer run; the file's remaining lines go to ``--rest-file``, which
+``run_local.sh --replay FILE --bootstrap-rows N`` then replays. Any config
+works in this mode. The JSON result adds ``split`` (rows taken, invalid,
+joined/timed-out labels, rows left) and ``rest_file``.
+
 A second version by hand during a run goes through the gates against the
 current one::
 
@@ -56,7 +66,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from dataset.config import DatasetConfig, load_config
@@ -269,27 +279,131 @@ def bootstrap(
         drift=drift,
     )
     run_id = f"bootstrap-{uuid.uuid4().hex[:12]}"
+    simulator = {
+        "seed": seed,
+        "events": n_events,
+        "rate": rate,
+        "sensors": n_sensors,
+        "day_seconds": day_seconds,
+        "day_origin": day_origin,
+        "drift": drift,
+        "end_time": rfc3339(end_time),
+    }
+    rows = training_rows(config, readings, end_time, f"{run_id}-{seed}")
+    result = _train_once(
+        config_path,
+        registry_root,
+        rows,
+        run_id=run_id,
+        metadata={"source": "simulated-history", "simulator": simulator},
+        project=project,
+        bq_dataset=bq_dataset,
+        seed=seed,
+        epochs=epochs,
+        history_file=history_file,
+        client=client,
+    )
+    _say(f"done in {time.monotonic() - started:.1f}s: {result['status']}")
+    return result
+
+
+def bootstrap_from_file(
+    config_path: str,
+    registry_root: str,
+    data_file: str,
+    *,
+    n_rows: int,
+    rest_file: str | None = None,
+    project: str | None = None,
+    bq_dataset: str | None = None,
+    seed: int = 7,
+    epochs: int = 8,
+    history_file: str | None = None,
+    client=None,
+) -> dict[str, Any]:
+    """Trains the first model on the first ``n_rows`` valid rows of a user's file.
+
+    The rows go through the pipeline's validation and row building
+    (``trainer.file_history.split_file``), then one run of the trainer, like
+    ``bootstrap``. The file's remaining lines are written to ``rest_file``
+    (when given): what the live loop replays, so no row is both trained on
+    here and predicted live.
+
+    Returns:
+        ``bootstrap``'s result plus ``"split"`` (the counters of
+        ``FileSplit.counts``) and ``"rest_file"``.
+
+    Raises:
+        BootstrapError: bad arguments, a missing file, too few valid rows.
+    """
+    from trainer.file_history import split_file, write_rest
+
+    if (project is None) != (bq_dataset is None):
+        raise BootstrapError("give both --project and --bq_dataset, or neither")
+    config = load_config(config_path)
+    started = time.monotonic()
+    run_id = f"bootstrap-{uuid.uuid4().hex[:12]}"
+    _say(f"reading the first {n_rows} valid rows of {data_file}")
+    try:
+        split = split_file(data_file, config, n_rows, ingested_at=time.time(), prefix=run_id)
+    except ValueError as e:
+        raise BootstrapError(str(e)) from e
+    counts = split.counts()
+    _say("split: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    if rest_file is not None:
+        write_rest(rest_file, split.rest_lines)
+        _say(f"wrote the {split.rest_rows} rows to replay to {rest_file}")
+    if not split.training_rows:
+        raise BootstrapError(
+            f"the first {n_rows} valid rows of {data_file} give no labeled training rows"
+        )
+    metadata = {
+        "source": "file",
+        "file": {"path": os.path.abspath(data_file), "rows": n_rows, **counts},
+    }
+    result = _train_once(
+        config_path,
+        registry_root,
+        split.training_rows,
+        run_id=run_id,
+        metadata=metadata,
+        project=project,
+        bq_dataset=bq_dataset,
+        seed=seed,
+        epochs=epochs,
+        history_file=history_file,
+        client=client,
+    )
+    result["split"] = counts
+    result["rest_file"] = rest_file
+    _say(f"done in {time.monotonic() - started:.1f}s: {result['status']}")
+    return result
+
+
+def _train_once(
+    config_path: str,
+    registry_root: str,
+    rows: Iterable[Mapping[str, Any]],
+    *,
+    run_id: str,
+    metadata: Mapping[str, Any],
+    project: str | None,
+    bq_dataset: str | None,
+    seed: int,
+    epochs: int,
+    history_file: str | None,
+    client,
+) -> dict[str, Any]:
+    """Writes ``rows`` as a training file and runs ``trainer.task`` on all of them once."""
     with contextlib.ExitStack() as stack:
         if history_file is None:
             tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="bootstrap-"))
             history_file = os.path.join(tmp, "history.jsonl")
-        rows = training_rows(config, readings, end_time, f"{run_id}-{seed}")
         count = data_lib.write_training_file(history_file, rows)
         _say(f"wrote {count} training rows to {history_file}; running the trainer")
         log = None
         if client is None and project is None:
             client = log = RunLog()
-        simulator = {
-            "seed": seed,
-            "events": n_events,
-            "rate": rate,
-            "sensors": n_sensors,
-            "day_seconds": day_seconds,
-            "day_origin": day_origin,
-            "drift": drift,
-            "end_time": rfc3339(end_time),
-        }
-        metadata = {"source": "simulated-history", "simulator": simulator}
         argv = [
             "--config", config_path,
             "--project", project or NO_PROJECT,
@@ -316,7 +430,6 @@ def bootstrap(
     }
     if log is not None:
         result["run_log"] = [r["status"] for r in log.rows if "status" in r]
-    _say(f"done in {time.monotonic() - started:.1f}s: {result['status']}")
     return result
 
 
@@ -393,6 +506,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--history-file", default=None, help="keep the training rows here (JSON Lines)"
     )
+    parser.add_argument(
+        "--from-file",
+        default=None,
+        metavar="FILE",
+        help="train on the first --rows valid rows of this JSONL/CSV file (described by "
+        "--config) instead of simulated history",
+    )
+    parser.add_argument(
+        "--rows", type=int, default=None, help="with --from-file: valid rows to train on"
+    )
+    parser.add_argument(
+        "--rest-file",
+        default=None,
+        help="with --from-file: write the file's remaining rows here (same format), to replay",
+    )
     return parser
 
 
@@ -415,6 +543,27 @@ def main(argv: Sequence[str] | None = None) -> int:
                     )
                 )
                 return 0
+        if args.from_file is None and (args.rows is not None or args.rest_file is not None):
+            raise BootstrapError("--rows and --rest-file go with --from-file")
+        if args.from_file is not None:
+            if args.rows is None:
+                raise BootstrapError("--from-file needs --rows N (the valid rows to train on)")
+            if args.rows < 1:
+                raise BootstrapError(f"--rows must be at least 1, got {args.rows}")
+            result = bootstrap_from_file(
+                args.config,
+                args.registry,
+                args.from_file,
+                n_rows=args.rows,
+                rest_file=args.rest_file,
+                project=args.project,
+                bq_dataset=args.bq_dataset,
+                seed=args.seed,
+                epochs=args.epochs,
+                history_file=args.history_file,
+            )
+            print(json.dumps(result, default=str))
+            return 0 if result["promoted"] else 1
         result = bootstrap(
             args.config,
             args.registry,

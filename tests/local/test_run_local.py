@@ -1,4 +1,7 @@
-"""run_local.sh set-up and teardown (no pipeline): resources, clean exit, JSON last line."""
+"""run_local.sh set-up and teardown (no pipeline): resources, clean exit, JSON last line.
+
+The argument tests need no emulators: bad arguments fail before anything starts.
+"""
 
 from __future__ import annotations
 
@@ -13,8 +16,6 @@ import pytest
 from local import emulators
 
 REPO = Path(__file__).resolve().parents[2]
-
-pytestmark = pytest.mark.emulators
 
 
 def _free_ports(n: int) -> list[int]:
@@ -56,6 +57,7 @@ def _pubsub_installed() -> None:
         pytest.skip(str(e))
 
 
+@pytest.mark.emulators
 @pytest.mark.usefixtures("_pubsub_installed")
 def test_setup_only_creates_resources_and_cleans_up(tmp_path):
     ports = _free_ports(3)
@@ -77,6 +79,7 @@ def test_setup_only_creates_resources_and_cleans_up(tmp_path):
     _assert_nothing_left(state_dir, ports)
 
 
+@pytest.mark.emulators
 @pytest.mark.usefixtures("_pubsub_installed")
 def test_busy_port_fails_clearly_and_still_prints_summary(tmp_path):
     ports = _free_ports(3)
@@ -91,3 +94,45 @@ def test_busy_port_fails_clearly_and_still_prints_summary(tmp_path):
     assert summary["failure"] == "emulators did not start"
     # the Pub/Sub emulator, started first, was stopped again
     _assert_nothing_left(tmp_path / "run", [ports[0], ports[2]])
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--replay", "data/nope.jsonl"], "--replay: file data/nope.jsonl not found"),
+        (["--replay", "README.md"], "must be JSON Lines (.jsonl/.ndjson/.json) or .csv"),
+        (["--bootstrap-rows", "100"], "--bootstrap-rows needs --replay FILE"),
+        (
+            ["--replay", "data/ad_conversions_sample.jsonl", "--bootstrap-rows", "0"],
+            "--bootstrap-rows must be a positive whole number",
+        ),
+        (
+            ["--replay", "data/ad_conversions_sample.jsonl", "--bootstrap-rows", "ten"],
+            "--bootstrap-rows must be a positive whole number",
+        ),
+        (
+            ["--replay", "data/ad_conversions_sample.jsonl", "--drift-after", "30"],
+            "--drift-after is the simulator's",
+        ),
+    ],
+)
+def test_replay_arguments_fail_fast(tmp_path, args, message):
+    """Checked before anything starts: exit 2, the reason on stderr, no state dir."""
+    result = _run(tmp_path, _free_ports(3), "--config", "configs/ad_conversions.yaml", *args)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert message in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_config_the_simulator_cannot_produce_needs_replay(tmp_path):
+    """No traffic simulator for another stream: a clear error before the emulators start."""
+    result = _run(
+        tmp_path, _free_ports(3), "--config", "configs/ad_conversions.yaml", "--duration", "5"
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "the traffic simulator cannot produce records for configs/ad_conversions.yaml" in (
+        result.stdout
+    )
+    assert "--replay FILE" in result.stdout
+    assert "starting emulators" not in result.stdout
+    assert json.loads(result.stdout.strip().splitlines()[-1])["exit_code"] == 2

@@ -253,3 +253,41 @@ def test_evaluate_uses_the_model_predictions():
     x = np.zeros((4, 3), dtype=np.float32)
     m = evaluate(Constant(), x, np.array([0, 0, 0, 1]), "binary_classification")
     assert m["accuracy"] == pytest.approx(0.75) and m["mean_prediction"] == pytest.approx(0.25)
+
+
+def test_file_bootstrap_trains_on_the_first_rows_and_leaves_the_rest(tmp_path, capsys):
+    """--from-file: the first N valid rows go through trainer.task; the rest is to replay."""
+    from simulator.exports import export_history
+
+    data = tmp_path / "history.jsonl"
+    export_history(TRAFFIC, str(data), 1500, END_TIME)
+    root, rest = str(tmp_path / "registry"), tmp_path / "rest.jsonl"
+    code, lines, _ = _run(
+        capsys, "--config", "configs/traffic.yaml", "--registry", root,
+        "--from-file", str(data), "--rows", "1000", "--rest-file", str(rest), "--epochs", "2",
+    )  # fmt: skip
+    result = json.loads(lines[-1])
+    assert code == 0 and result["promoted"] is True, lines[-5:]
+    assert result["run_log"] == ["running", "succeeded"]  # one trainer run
+    assert any(line.startswith("[trainer]") for line in lines)
+    registry = ModelRegistry(root)
+    assert registry.current_version() == result["version"]
+    info = registry.get(result["version"])
+    assert info.metadata["source"] == "file" and info.metadata["file"]["rows_taken"] == 1000
+    assert info.metadata["training_data"]["rows"] == 1000
+    # The replay skips the trained rows: the rest file is the file's last 500 lines.
+    assert rest.read_text().splitlines() == data.read_text().splitlines()[1000:]
+    assert result["split"]["rest_rows"] == 500
+
+
+def test_file_mode_arguments(tmp_path, capsys):
+    base = ["--config", "configs/ad_conversions.yaml", "--registry", str(tmp_path)]
+    code, _, err = _run(capsys, *base, "--rows", "10")
+    assert code == 2 and "--rows and --rest-file go with --from-file" in err
+    code, _, err = _run(capsys, *base, "--from-file", "data/ad_conversions_sample.jsonl")
+    assert code == 2 and "--from-file needs --rows" in err
+    code, _, err = _run(
+        capsys, *base, "--from-file", "data/ad_conversions_sample.jsonl", "--rows", "5000"
+    )
+    assert code == 2 and "only 350 valid rows" in err
+    assert ModelRegistry(str(tmp_path)).versions() == []
