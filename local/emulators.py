@@ -426,19 +426,11 @@ def _start(
                 "BQ_REST_PORT, BQ_GRPC_PORT for run_local.sh) or stop what holds it."
             )
     pid_path, info_path, log_path = _state_paths(state_dir, name)
-    with open(log_path, "ab") as log:
-        log.write(
-            f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} starting: {shlex.join(command)}\n".encode()
-        )
-        log.flush()
-        proc = subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            close_fds=True,
-        )
+    proc = processes.start_logged(
+        command,
+        log_path,
+        f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} starting: {shlex.join(command)}\n",
+    )
     _CHILDREN[proc.pid] = proc
     info = EmulatorInfo(
         name=name,
