@@ -426,19 +426,11 @@ def _start(
                 "BQ_REST_PORT, BQ_GRPC_PORT for run_local.sh) or stop what holds it."
             )
     pid_path, info_path, log_path = _state_paths(state_dir, name)
-    with open(log_path, "ab") as log:
-        log.write(
-            f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} starting: {shlex.join(command)}\n".encode()
-        )
-        log.flush()
-        proc = subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            close_fds=True,
-        )
+    proc = processes.start_logged(
+        command,
+        log_path,
+        f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} starting: {shlex.join(command)}\n",
+    )
     _CHILDREN[proc.pid] = proc
     info = EmulatorInfo(
         name=name,
@@ -636,6 +628,16 @@ def status(state_dir: str | os.PathLike[str]) -> dict[str, dict[str, object]]:
 
 
 @contextlib.contextmanager
+def _stopped_after(state_dir: str | os.PathLike[str], info: EmulatorInfo) -> Iterator[EmulatorInfo]:
+    """Yields ``info``; then stops that emulator, unless it was already running (reused)."""
+    try:
+        yield info
+    finally:
+        if not info.reused:
+            stop(state_dir, info.name)
+
+
+@contextlib.contextmanager
 def pubsub_emulator(
     state_dir: str | os.PathLike[str],
     host: str = DEFAULT_HOST,
@@ -643,12 +645,8 @@ def pubsub_emulator(
     timeout: float = DEFAULT_START_TIMEOUT,
 ) -> Iterator[EmulatorInfo]:
     """Runs a Pub/Sub emulator for the duration of the block (``port=None``: a free port)."""
-    info = start_pubsub(state_dir, host, port, timeout=timeout)
-    try:
+    with _stopped_after(state_dir, start_pubsub(state_dir, host, port, timeout=timeout)) as info:
         yield info
-    finally:
-        if not info.reused:
-            stop(state_dir, PUBSUB)
 
 
 @contextlib.contextmanager
@@ -662,11 +660,8 @@ def bigquery_emulator(
 ) -> Iterator[EmulatorInfo]:
     """Runs bqemulator for the duration of the block (``None`` ports: free ports)."""
     info = start_bigquery(state_dir, host, rest_port, grpc_port, project, timeout)
-    try:
+    with _stopped_after(state_dir, info):
         yield info
-    finally:
-        if not info.reused:
-            stop(state_dir, BIGQUERY)
 
 
 @contextlib.contextmanager

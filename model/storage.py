@@ -105,18 +105,24 @@ class LocalStore:
         data = self.read(key)
         return data, data
 
-    def _replace(self, path: str, data: bytes) -> None:
+    @staticmethod
+    @contextlib.contextmanager
+    def _staged(path: str, data: bytes) -> Iterator[str]:
+        """A temporary file beside ``path`` holding ``data``; removed at the end if still there."""
         directory, name = os.path.split(path)
         os.makedirs(directory, exist_ok=True)
         tmp = os.path.join(directory, f".{name}{TMP_PREFIX}{uuid.uuid4().hex}")
         try:
             with open(tmp, "wb") as f:
                 f.write(data)
-            os.replace(tmp, path)
-        except BaseException:
+            yield tmp
+        finally:
             with contextlib.suppress(OSError):
                 os.remove(tmp)
-            raise
+
+    def _replace(self, path: str, data: bytes) -> None:
+        with self._staged(path, data) as tmp:
+            os.replace(tmp, path)
 
     def write(self, key: str, data: bytes) -> None:
         self._replace(self.uri(key), data)
@@ -140,16 +146,8 @@ class LocalStore:
 
     def create(self, key: str, data: bytes) -> None:
         path = self.uri(key)
-        directory, name = os.path.split(path)
-        os.makedirs(directory, exist_ok=True)
-        tmp = os.path.join(directory, f".{name}{TMP_PREFIX}{uuid.uuid4().hex}")
-        try:
-            with open(tmp, "wb") as f:
-                f.write(data)
+        with self._staged(path, data) as tmp:
             os.link(tmp, path)  # fails with FileExistsError if path exists
-        finally:
-            with contextlib.suppress(OSError):
-                os.remove(tmp)
 
     def exists(self, key: str) -> bool:
         return os.path.exists(self.uri(key))

@@ -52,13 +52,11 @@ from typing import Any
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
-from apache_beam.ml.inference.base import KeyedModelHandler
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions
 from apache_beam.pvalue import TaggedOutput
 
 from dataset.config import DatasetConfig
 from dataset.times import format_event_time, to_datetime
-from model.features import encode_features
 from model.handler import HotSwapModel, RegistryModelHandler, load_predict_fn
 from transforms.inference import PredictAndRecord
 from transforms.validation import DEAD_LETTER, RecordError, dead_letter_row, validate_payload
@@ -291,16 +289,12 @@ class PredictWithVersion(PredictAndRecord):
         super().__init__(config, registry_root, max_batch_size=batch)
         self._version = version
 
-    def handler(self) -> KeyedModelHandler:
-        config = self._config
-        base = PinnedVersionHandler(
+    def base_handler(self) -> PinnedVersionHandler:
+        return PinnedVersionHandler(
             self._registry_root,
             self._version,
             min_batch_size=1,
             max_batch_size=self._max_batch_size,
-        )
-        return KeyedModelHandler(base).with_preprocess_fn(
-            lambda element: (element[0], encode_features(element[1], config))
         )
 
 

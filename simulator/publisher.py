@@ -17,13 +17,14 @@ by the publish time anyway).
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import logging
 import math
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from dataset.config import DatasetConfig
 from dataset.times import format_event_time, has_zone
@@ -116,6 +117,47 @@ class PublishLoop:
                 self.ids.close()
 
 
+@contextlib.contextmanager
+def _publishing(
+    mode: str,
+    topic: str,
+    sink: Sink | None,
+    stop: threading.Event,
+    stats_file: str | None,
+    ids_file: str | None,
+    total: int | None,
+    progress_stream,
+    clock: Callable[[], float],
+) -> Iterator[PublishLoop]:
+    """A ``PublishLoop`` on ``sink`` (None: a new connection to ``topic``, closed at the end).
+
+    Its stats start after connecting, so the first events are not published in
+    a burst; the stats file is written at the start and, with the sink flushed,
+    at the end.
+    """
+    own_sink = sink is None
+    if sink is None:
+        sink = connect(topic)
+    stats = PublishStats(mode=mode, topic=topic, started_at=clock())
+    runner = PublishLoop(
+        sink,
+        stats,
+        StatsWriter(stats_file, clock=clock),
+        Progress(total, progress_stream, clock=clock),
+        stop,
+        ids_file,
+    )
+    try:
+        runner.writer.write(stats, running=True)
+        yield runner
+    finally:
+        try:
+            runner.finish(flush_timeout=60.0)
+        finally:
+            if own_sink:
+                sink.close()
+
+
 def run_simulate(
     config: DatasetConfig,
     topic: str,
@@ -164,26 +206,10 @@ def run_simulate(
     probe = make_sim(0.0)  # validates the arguments before connecting
     check_config_matches(config, probe.reading(0, clock()), "the traffic simulator's readings")
     kinds = available_malformed_kinds(config)
-    own_sink = sink is None
-    if sink is None:
-        sink = connect(topic)
     stop = stop or threading.Event()
-    start = clock()  # after connecting, so the first events are not published in a burst
-    sim = make_sim(start)  # the drift is scheduled from here
-    stats = PublishStats(mode="simulate", topic=topic, started_at=start)
     total = int(rate * duration) if duration else None
-    runner = PublishLoop(
-        sink,
-        stats,
-        StatsWriter(stats_file, clock=clock),
-        Progress(total, progress_stream, clock=clock),
-        stop,
-        ids_file,
-    )
     rng = random.Random(f"simulator.publish/{seed}")
     recent: collections.deque[OutMessage] = collections.deque(maxlen=1000)
-    end = start + duration if duration else math.inf
-    cursor = start
     logger.info(
         "simulating %d sensors at %.1f msg/s to %s for %s (drift %s)",
         n_sensors,
@@ -192,8 +218,14 @@ def run_simulate(
         f"{duration:g}s" if duration else "until stopped",
         f"after {drift_after:g}s" if drift_after is not None else "never",
     )
-    try:
-        runner.writer.write(stats, running=True)
+    with _publishing(
+        "simulate", topic, sink, stop, stats_file, ids_file, total, progress_stream, clock
+    ) as runner:
+        stats = runner.stats
+        start = stats.started_at
+        sim = make_sim(start)  # the drift is scheduled from here
+        end = start + duration if duration else math.inf
+        cursor = start
         while not stop.is_set() and cursor < end:
             upto = min(clock(), end)
             for k, t in sim.grid(cursor, upto, rate):
@@ -219,12 +251,6 @@ def run_simulate(
             if cursor < end:
                 next_t = math.ceil(cursor * rate) / rate
                 runner.sleep_until(min(max(next_t, cursor + 0.001), end), clock, max_step=0.1)
-    finally:
-        try:
-            runner.finish(flush_timeout=60.0)
-        finally:
-            if own_sink:
-                sink.close()
     logger.info("simulate finished: %s", _summary(stats))
     return stats
 
@@ -261,26 +287,16 @@ def run_replay(
     if rate <= 0:
         raise ValueError(f"--rate must be positive (messages per second), got {rate}")
     records = read_records(path, config)  # validates the file type before connecting
-    own_sink = sink is None
-    if sink is None:
-        sink = connect(topic)
     stop = stop or threading.Event()
-    start = clock()
-    stats = PublishStats(mode="replay", topic=topic, started_at=start)
-    runner = PublishLoop(
-        sink,
-        stats,
-        StatsWriter(stats_file, clock=clock),
-        Progress(None, progress_stream, clock=clock),
-        stop,
-        ids_file,
-    )
     index = 0
     last_rebased = -math.inf
     reported = 0
     warned_old = False
-    try:
-        runner.writer.write(stats, running=True)
+    with _publishing(
+        "replay", topic, sink, stop, stats_file, ids_file, None, progress_stream, clock
+    ) as runner:
+        stats = runner.stats
+        start = stats.started_at
         for line_no, record, problem in records:
             if stop.is_set():
                 break
@@ -315,12 +331,6 @@ def run_replay(
             runner.send(build_message(record, config, event_time, new_message_id()))
             index += 1
             runner.tick()
-    finally:
-        try:
-            runner.finish(flush_timeout=60.0)
-        finally:
-            if own_sink:
-                sink.close()
     if stats.skipped_rows:
         logger.warning(
             "%s: skipped %d rows not publishable: %s",

@@ -11,13 +11,43 @@ emulator's name).
 from __future__ import annotations
 
 import os
+import subprocess
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 
 import psutil
 
 _EXEC_RETRIES = 10  # an exec in progress shows an empty command line for a moment
 _EXEC_WAIT_SECONDS = 0.02
+
+
+def start_logged(
+    command: Sequence[str],
+    log_path: str | Path,
+    header: str,
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: str | Path | None = None,
+) -> subprocess.Popen[bytes]:
+    """Starts ``command`` in its own session, its output appended to ``log_path``.
+
+    ``header`` is written to the log first. The child reads nothing (stdin is
+    /dev/null) and gets a new session, so a Ctrl-C on the parent does not reach it.
+    """
+    with open(log_path, "ab") as log:
+        log.write(header.encode())
+        log.flush()
+        return subprocess.Popen(
+            list(command),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=cwd,
+            start_new_session=True,
+            close_fds=True,
+        )
 
 
 def _live(process: psutil.Process) -> bool:

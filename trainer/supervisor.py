@@ -139,15 +139,19 @@ class JobSupervisor:
         with contextlib.suppress(FileNotFoundError):
             self._record_path(run_id).unlink()
 
+    def _track(self, run: Run, attempt_id: str | None, handle: Any, counter: str) -> None:
+        """Holds ``run``'s job as in flight, records it on disk, counts it in ``counter``."""
+        self.in_flight[run.run_id] = InFlight(run, handle, attempt_id, self.clock())
+        self._write_record(run, attempt_id, handle)
+        self.stats[counter] += 1
+
     def _adopt(self, run: Run, owner: Mapping[str, Any] | None) -> bool:
         """Re-attaches to the trainer that owns ``run`` (per its claim), if the backend can."""
         handle = self.backend.adopt(run, owner or {})
         if handle is None:
             return False
         attempt = (owner or {}).get("attempt_id")
-        self.in_flight[run.run_id] = InFlight(run, handle, attempt, self.clock())
-        self._write_record(run, attempt, handle)
-        self.stats["runs_adopted"] += 1
+        self._track(run, attempt, handle, "runs_adopted")
         logger.info(
             "re-attached to %s's owner (attempt %s): %s",
             run.run_id,
@@ -285,9 +289,7 @@ class JobSupervisor:
                 )
             self._drop_record(run.run_id)
             return "failed"
-        self.in_flight[run.run_id] = InFlight(run, handle, attempt_id, self.clock())
-        self._write_record(run, attempt_id, handle)
-        self.stats["runs_started"] += 1
+        self._track(run, attempt_id, handle, "runs_started")
         logger.info(
             "started %s (trigger %s, %s) on %s: %s",
             run.run_id,

@@ -222,7 +222,14 @@ def _check_column(
         what = "absent from every row" if absent else "NULL in every row"
         return [_anomaly("label" if is_label else "missing_feature", name, what)]
 
-    anomalies = []
+    anomalies: list[dict[str, Any]] = []
+
+    def flag(check: str, detail: str, rows: Sequence[int]) -> None:
+        """One anomaly of this column (always ``label`` for the label) naming ``rows``."""
+        anomalies.append(
+            _anomaly("label" if is_label else check, name, detail, [ids[i] for i in rows])
+        )
+
     present_fraction = (n - len(missing)) / n
     if missing and present_fraction < feature.presence.min_fraction:
         detail = (
@@ -231,37 +238,27 @@ def _check_column(
         )
         if is_label:
             detail = f"label missing in {len(missing)} of {n} rows"
-        anomalies.append(
-            _anomaly(
-                "label" if is_label else "low_presence", name, detail, [ids[i] for i in missing]
-            )
-        )
+        flag("low_presence", detail, missing)
 
     multi = [i for i, v in enumerate(column) if is_list(v)]
     if multi:
         counts = sorted({len(column[i]) for i in multi})
-        anomalies.append(
-            _anomaly(
-                "label" if is_label else "value_count",
-                name,
-                f"{len(multi)} rows carry a list (lengths {counts[:5]}) where the schema "
-                f"expects exactly {feature.value_count.min} scalar value",
-                [ids[i] for i in multi],
-            )
+        flag(
+            "value_count",
+            f"{len(multi)} rows carry a list (lengths {counts[:5]}) where the schema "
+            f"expects exactly {feature.value_count.min} scalar value",
+            multi,
         )
 
     candidates = [i for i, v in enumerate(column) if not is_missing(v) and not is_list(v)]
     wrong = [i for i in candidates if not type_ok(feature, column[i])]
     if wrong:
         kinds = sorted({type(column[i]).__name__ for i in wrong})
-        anomalies.append(
-            _anomaly(
-                "label" if is_label else "type_mismatch",
-                name,
-                f"{len(wrong)} values are not {type_name(feature)} (found {', '.join(kinds)}: "
-                f"{_examples([column[i] for i in wrong])})",
-                [ids[i] for i in wrong],
-            )
+        flag(
+            "type_mismatch",
+            f"{len(wrong)} values are not {type_name(feature)} (found {', '.join(kinds)}: "
+            f"{_examples([column[i] for i in wrong])})",
+            wrong,
         )
     wrong_set = set(wrong)
     bad: dict[str, list[int]] = {}
@@ -275,14 +272,11 @@ def _check_column(
         indexes = sorted(i for group in bad.values() for i in group)
         reasons = ", ".join(f"{len(group)} {why}" for why, group in bad.items())
         domain = _domain_text(feature)
-        anomalies.append(
-            _anomaly(
-                "label" if is_label else "out_of_domain",
-                name,
-                f"{len(indexes)} values outside the domain {domain} ({reasons}: "
-                f"{_examples([column[i] for i in indexes])})",
-                [ids[i] for i in indexes],
-            )
+        flag(
+            "out_of_domain",
+            f"{len(indexes)} values outside the domain {domain} ({reasons}: "
+            f"{_examples([column[i] for i in indexes])})",
+            indexes,
         )
     return anomalies
 

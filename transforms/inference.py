@@ -20,7 +20,12 @@ from typing import Any
 import apache_beam as beam
 import numpy as np
 from apache_beam.metrics import Metrics
-from apache_beam.ml.inference.base import KeyedModelHandler, PredictionResult, RunInference
+from apache_beam.ml.inference.base import (
+    KeyedModelHandler,
+    ModelHandler,
+    PredictionResult,
+    RunInference,
+)
 from apache_beam.pvalue import TaggedOutput
 from apache_beam.transforms.window import TimestampedValue
 
@@ -138,16 +143,20 @@ class PredictAndRecord(beam.PTransform):
         self._max_batch_size = max_batch_size
         self._max_batch_duration_secs = max_batch_duration_secs
 
-    def handler(self) -> KeyedModelHandler:
-        config = self._config
-        base = RegistryModelHandler(
+    def base_handler(self) -> ModelHandler:
+        """The unkeyed model handler: the registry's current version, hot-swapped."""
+        return RegistryModelHandler(
             self._registry_root,
             self._poll_seconds,
             min_batch_size=1,
             max_batch_size=self._max_batch_size,
             max_batch_duration_secs=self._max_batch_duration_secs or None,
         )
-        return KeyedModelHandler(base).with_preprocess_fn(
+
+    def handler(self) -> KeyedModelHandler:
+        """``base_handler`` keyed by example, encoding each instance's features first."""
+        config = self._config
+        return KeyedModelHandler(self.base_handler()).with_preprocess_fn(
             lambda element: (element[0], encode_features(element[1], config))
         )
 

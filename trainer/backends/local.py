@@ -75,18 +75,14 @@ class LocalProcessBackend(Backend):
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"{run.run_id}.log"
         cmd = self.command(run, attempt_id)
-        with open(log_path, "ab") as log:
-            log.write(f"--- {rfc3339(time.time())} launcher: {' '.join(cmd)}\n".encode())
-            log.flush()
-            process = subprocess.Popen(
-                cmd,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=self.env,
-                cwd=self.cwd,
-                start_new_session=True,  # Ctrl-C on the launcher must not kill it at once
-            )
+        # In its own session: Ctrl-C on the launcher must not kill it at once.
+        process = processes.start_logged(
+            cmd,
+            log_path,
+            f"--- {rfc3339(time.time())} launcher: {' '.join(cmd)}\n",
+            env=self.env,
+            cwd=self.cwd,
+        )
         return LocalHandle(run.run_id, process.pid, str(log_path), process)
 
     def poll(self, handle: LocalHandle) -> JobState:
