@@ -34,6 +34,8 @@ setuptools.setup(
         "google-cloud-bigquery>=3.47,<4",
         "google-cloud-pubsub>=2.44,<3",
         "google-cloud-storage>=3.4,<4",
+        # The backtest's quality plot (pipelines/backtest.py).
+        "matplotlib>=3.8",
         "numpy>=2.0,<3",
         "psutil>=5.9",
         "pyyaml>=6.0,<7",
