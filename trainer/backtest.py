@@ -117,7 +117,22 @@ class _Registry:
         return self.current
 
     def load_keras(self, version: str) -> Any:
-        return self.models[version].model
+        served = self.models[version]
+        return _FastPredict(served.model, served.predict)
+
+
+class _FastPredict:
+    """A Keras model whose ``predict`` is one ``predict_fn`` call (no Keras predict loop)."""
+
+    def __init__(self, model: Any, predict: Predict):
+        self._model = model
+        self._predict = predict
+
+    def predict(self, x: np.ndarray, *args: Any, **kwargs: Any) -> np.ndarray:
+        return self._predict(np.asarray(x, dtype=np.float32))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._model, name)
 
 
 def predict_fn(model: Any) -> Predict:
@@ -201,7 +216,7 @@ def _training_run(
     model = train_model(cfg, train_rows, opts, registry)
     task = config.label.task
     x_val, y_val = encode_batch(val_rows, config), label_array(val_rows, config)
-    metrics = evaluate(model, x_val, y_val, task)
+    metrics = evaluate(_FastPredict(model, predict_fn(model)), x_val, y_val, task)
     _, current_metrics, _ = gates.current_model_metrics(registry, x_val, y_val, task)
     quality = gates.quality_check(metrics, current_metrics, policy, task)
     return quality.passed, model, result.statistics, list(quality.reasons)
@@ -354,7 +369,7 @@ def baselines(replay: Replay, classification: bool) -> dict[str, np.ndarray]:
     majority = np.full(n, np.nan)
     last: dict[str, float] = {}
     total, positives = 0, 0.0
-    for t, kind, i in _events(replay):
+    for _, kind, i in _events(replay):
         if kind == 1:
             last[replay.keys[i]] = float(replay.labels[i])
             total += 1
