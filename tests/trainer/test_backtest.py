@@ -22,9 +22,9 @@ def traffic_config(**retraining):
     with open("configs/traffic.yaml", encoding="utf-8") as f:
         raw = yaml.safe_load(f)
     raw["retraining"] = {
-        "min_new_examples": 150,
+        "min_new_examples": 110,
         "min_interval_seconds": 0,
-        "training_window_rows": 300,
+        "training_window_rows": 200,
         "validation_fraction": 0.2,
         # Every candidate passes the gates: this test is about what serves when.
         "min_accuracy": 0.0,
@@ -39,7 +39,7 @@ def traffic_config(**retraining):
 def traffic_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("bt") / "traffic.jsonl"
     export_history(
-        load_config("configs/traffic.yaml"), str(path), 700, END, n_sensors=40, drift_after=35.0
+        load_config("configs/traffic.yaml"), str(path), 420, END, n_sensors=40, drift_after=20.0
     )
     return str(path)
 
@@ -144,7 +144,7 @@ def test_separate_labels_never_leak_with_delayed_landing(tmp_path):
     config = config_from_dict(raw, source="test")
     rng = np.random.default_rng(3)
     rows = []
-    for i in range(400):
+    for i in range(260):
         t = i * 1000
         rows.append(impression(i, t, user_recent_clicks=int(rng.integers(0, 20))))
         if rng.random() < 0.4:
@@ -192,6 +192,7 @@ def test_score_kappa_temporal_against_no_change():
 def test_first_model_is_deterministic(traffic_file):
     config = traffic_config()
     replay = load_replay(traffic_file, config, 0.15)
+    replay.warmup_rows = 60  # a small first model is enough here
     a = bt.first_model(config, replay, OPTS).predict(replay.x[:50])
     b = bt.first_model(config, replay, OPTS).predict(replay.x[:50])
     np.testing.assert_array_equal(a, b)
