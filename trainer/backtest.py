@@ -169,6 +169,11 @@ def first_model(config: DatasetConfig, replay: Replay, opts: BacktestOptions) ->
     from trainer.validation import validate
 
     idx = replay.bootstrap_indexes()
+    if replay.warmup_rows >= replay.rows:
+        raise ValueError(
+            f"no rows left after the warm-up ({replay.warmup_rows} rows up to the last warm-up "
+            "label); use a smaller warm-up fraction or a longer file"
+        )
     if not idx:
         raise ValueError(
             f"none of the {replay.warmup_rows} warm-up rows has a label by the end of the "

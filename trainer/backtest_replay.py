@@ -52,7 +52,10 @@ class Replay:
         labels: each row's label as a float, NaN if it is never labelled.
         land_times: when each label lands (epoch seconds), NaN if never.
         training_rows: each row's training-table row (None if never labelled).
-        warmup_rows: the first rows, used to train the first model and not scored.
+        warmup_rows: the first rows, used to train the first model and not scored:
+            the requested share, extended to every row up to ``warmup_end``.
+        warmup_end: when the first model serves: the last of the requested
+            warm-up rows' event times and label landings.
         invalid_rows: rows counted as dead letters.
         invalid_reasons: dead letters by reason.
         invalid_examples: the first few dead letters ``{line, error}``.
@@ -67,6 +70,7 @@ class Replay:
     land_times: np.ndarray
     training_rows: list[dict[str, Any] | None]
     warmup_rows: int
+    warmup_end: float
     invalid_rows: int = 0
     invalid_reasons: dict[str, int] = dataclasses.field(default_factory=dict)
     invalid_examples: list[dict[str, Any]] = dataclasses.field(default_factory=list)
@@ -75,11 +79,6 @@ class Replay:
     @property
     def rows(self) -> int:
         return len(self.times)
-
-    @property
-    def warmup_end(self) -> float:
-        """Event time of the last warm-up row: the first model serves from here."""
-        return float(self.times[self.warmup_rows - 1])
 
     def bootstrap_indexes(self) -> list[int]:
         """Warm-up rows whose label landed by the end of the warm-up (the first model's data)."""
@@ -152,6 +151,12 @@ def load_replay(path: str, config: DatasetConfig, warmup_fraction: float = 0.1) 
     if len(features) < 2:
         raise ValueError(f"{path}: {len(features)} valid feature rows; a backtest needs more")
     warmup = min(len(features) - 1, max(1, int(round(len(features) * warmup_fraction))))
+    # The first model trains once the warm-up rows' labels landed (delayed labels
+    # push this out); every row up to then belongs to the warm-up.
+    times = np.asarray([item[0] for item in features], dtype=np.float64)
+    landed = [item[4] for item in features[:warmup] if item[3] is not None]
+    warmup_end = max([float(times[warmup - 1]), *landed])
+    warmup = int(np.searchsorted(times, warmup_end, side="right"))
     records = [item[2] for item in features]
     rows: list[dict[str, Any] | None] = []
     label_values, land_times = [], []
@@ -165,7 +170,7 @@ def load_replay(path: str, config: DatasetConfig, warmup_fraction: float = 0.1) 
         label_values.append(float(label))
         land_times.append(land)
     return Replay(
-        times=np.asarray([item[0] for item in features], dtype=np.float64),
+        times=times,
         keys=[rec["key"] for rec in records],
         example_ids=[rec["join_id"] or rec["message_id"] for rec in records],
         x=encode_batch([rec["features"] for rec in records], config),
@@ -173,6 +178,7 @@ def load_replay(path: str, config: DatasetConfig, warmup_fraction: float = 0.1) 
         land_times=np.asarray(land_times, dtype=np.float64),
         training_rows=rows,
         warmup_rows=warmup,
+        warmup_end=warmup_end,
         invalid_rows=sum(dead.reasons.values()),
         invalid_reasons=dict(sorted(dead.reasons.items())),
         invalid_examples=dead.examples,

@@ -124,6 +124,8 @@ def test_separate_labels_join_time_out_and_dead_letter(tmp_path):
     assert replay.land_times.tolist() == [30.0, 601.0, 602.0]
     assert [r["label_source"] for r in replay.training_rows] == ["message", "timeout", "timeout"]
     assert replay.training_rows[0]["label_time"].timestamp() == 30.0
+    # The warm-up (1 row asked) lasts until its label landed at 30 s: all 3 rows.
+    assert replay.warmup_end == 30.0 and replay.warmup_rows == 3
 
     config = ads_config(negative_on_timeout=False)
     replay = load_replay(write_jsonl(tmp_path / "ads.jsonl", rows), config, 0.3)
