@@ -278,7 +278,11 @@ def plot(path: str, replay, runs, static, reference, config: DatasetConfig) -> N
         if run is None:
             continue
         for what, marker in ((True, "^"), (False, "x")):
-            at = [(r["serves_from"] - t0) / 60.0 for r in run.runs if r["promoted"] is what]
+            at = [
+                (r["serves_from"] - t0) / 60.0
+                for r in run.runs
+                if r["promoted"] is what and r["serves_from"] <= replay.times[-1]
+            ]
             if at:
                 ys = np.interp(at, x, y) if len(x) else np.zeros(len(at))
                 ax.plot(at, ys, marker, color=line.get_color(), markersize=6, linestyle="none")
