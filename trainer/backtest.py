@@ -447,6 +447,24 @@ def quality_series(
     return np.asarray(centres), np.asarray(values)
 
 
+def rejection_kind(reasons: list[str]) -> str:
+    """Why a run was refused, in a word: the first failing check of its reasons."""
+    kinds = (
+        ("data validation", "data_validation"),
+        ("split:", "split"),
+        ("below the floor", "min_accuracy"),
+        ("do not beat", "constant_predictor"),
+        ("does not beat", "mean_baseline"),
+        ("worse than the current", "worse_than_current"),
+        ("no finite", "no_metric"),
+    )
+    for reason in reasons:
+        for text, kind in kinds:
+            if text in reason:
+                return kind
+    return "other"
+
+
 def policy_summary(run: PolicyRun, replay: Replay, reference: np.ndarray, classification: bool):
     """A ``results.json`` ``policies`` entry for one run."""
     idx = replay.scored_indexes()
@@ -458,7 +476,7 @@ def policy_summary(run: PolicyRun, replay: Replay, reference: np.ndarray, classi
         "rejections": run.rejections,
         "triggers": dict(Counter(t["reason"] for t in run.triggers)),
         "rejection_reasons": dict(
-            Counter(r["reasons"][0].split(":")[0] for r in run.runs if not r["promoted"])
+            Counter(rejection_kind(r["reasons"]) for r in run.runs if not r["promoted"])
         ),
         "train_seconds": round(run.train_seconds, 1),
         "settings": {

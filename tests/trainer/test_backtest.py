@@ -198,3 +198,10 @@ def test_first_model_is_deterministic(traffic_file):
     a = bt.first_model(config, replay, OPTS).predict(replay.x[:50])
     b = bt.first_model(config, replay, OPTS).predict(replay.x[:50])
     np.testing.assert_array_equal(a, b)
+
+
+def test_rejection_kind_names_the_failing_check():
+    reasons = ["accuracy 0.81 >= floor 0.80", "worse than the current model on the same rows: x"]
+    assert bt.rejection_kind(reasons) == "worse_than_current"
+    assert bt.rejection_kind(["data validation: too_few_rows"]) == "data_validation"
+    assert bt.rejection_kind(["accuracy 0.7 is below the floor 0.8"]) == "min_accuracy"
