@@ -127,7 +127,7 @@ class RetrainingPolicy:
 
 MODEL_ARCHITECTURES = ("mlp", "linear")
 CLASS_WEIGHTS = ("none", "balanced")
-FEATURE_SCALINGS = ("config", "standardize")
+FEATURE_SCALINGS = ("auto", "config", "standardize")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,7 +141,9 @@ class ModelSpec:
     classes by inverse frequency. ``feature_scaling``: ``config`` scales
     numbers with the config's min/max only (``model.features``);
     ``standardize`` also adds a normalization layer fitted on the training
-    rows (inside the SavedModel, so serving needs nothing else).
+    rows (inside the SavedModel, so serving needs nothing else); ``auto``
+    standardizes only the numeric features without a config min/max (a
+    model without such features is exactly the ``config`` one).
     """
 
     architecture: str = "mlp"
@@ -151,7 +153,7 @@ class ModelSpec:
     batch_size: int = 128
     learning_rate: float = 0.01
     class_weight: str = "none"
-    feature_scaling: str = "config"
+    feature_scaling: str = "auto"
     early_stopping_patience: int = 3
 
 

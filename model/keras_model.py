@@ -7,7 +7,10 @@ otherwise); sigmoid output for binary classification, linear for regression.
 Input is the float vector, so serving needs exactly the same
 ``encode_features`` call as training. ``feature_scaling: standardize`` adds a
 ``Normalization`` layer that ``fit`` adapts to the training rows; it is part of
-the saved model.
+the saved model. ``auto`` (the default) adds it only when some numeric feature
+has no config min/max, and then standardizes only those columns: the others
+are already scaled by ``model.features``, and a window's statistics would
+distort them (a clock feature seen over part of its cycle).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from dataset.config import DatasetConfig, ModelSpec  # noqa: E402
-from model.features import feature_dim  # noqa: E402
+from model.features import HASH_BUCKETS, feature_dim  # noqa: E402
 
 HIDDEN_UNITS = ModelSpec().hidden_units[0]
 MIN_STEPS = ModelSpec().min_steps
@@ -37,7 +40,11 @@ def build_model(config: DatasetConfig, seed: int = 0) -> keras.Model:
     classification = config.label.task == "binary_classification"
     inputs = keras.Input(shape=(feature_dim(config),), name="features")
     x = inputs
-    if spec.feature_scaling == "standardize":
+    fixed = scaled_columns(config)
+    standardize = spec.feature_scaling == "standardize" or (
+        spec.feature_scaling == "auto" and not fixed.all()
+    )
+    if standardize:
         x = keras.layers.Normalization(name=STANDARDIZE_LAYER)(x)
     if spec.architecture == "mlp":
         for i, units in enumerate(spec.hidden_units):
@@ -53,8 +60,23 @@ def build_model(config: DatasetConfig, seed: int = 0) -> keras.Model:
         metrics=["accuracy"] if classification else ["mae"],
     )
     # fit() reads the training settings from here (trainer.task calls fit(model, ...)).
-    object.__setattr__(model, SPEC_ATTRIBUTE, (spec, classification))
+    keep = fixed if spec.feature_scaling == "auto" else np.zeros_like(fixed)
+    object.__setattr__(model, SPEC_ATTRIBUTE, (spec, classification, keep))
     return model
+
+
+def scaled_columns(config: DatasetConfig) -> np.ndarray:
+    """Per encoded column: True where ``model.features`` already scales it to [0, 1]
+    (one-hot, bool, numbers with a config min and max), False for raw numbers."""
+    out: list[bool] = []
+    for spec in config.features:
+        if spec.type == "string":
+            out.extend([True] * (len(spec.values) if spec.values else HASH_BUCKETS))
+        elif spec.type == "bool":
+            out.append(True)
+        else:
+            out.append(spec.min is not None and spec.max is not None and spec.max > spec.min)
+    return np.asarray(out, dtype=bool)
 
 
 def class_weights(y: np.ndarray) -> dict[int, float] | None:
@@ -81,7 +103,7 @@ def fit(
     Small windows get smaller batches and more epochs, so every run takes at
     least ``min_steps`` gradient steps (800 rows at batch 128 would be ~50).
     """
-    spec, classification = getattr(model, SPEC_ATTRIBUTE, (ModelSpec(), False))
+    spec, classification, keep = getattr(model, SPEC_ATTRIBUTE, (ModelSpec(), False, None))
     if spec.epochs is not None:
         epochs = spec.epochs
     batch_size = batch_size or spec.batch_size
@@ -91,6 +113,11 @@ def fit(
     for layer in model.layers:
         if layer.name == STANDARDIZE_LAYER:
             layer.adapt(x)
+            if keep is not None and keep.any():  # auto: scaled columns stay as they are
+                mean, variance = layer.adapt_mean, layer.adapt_variance
+                mean.assign(np.where(keep, 0.0, np.ravel(mean)).reshape(mean.shape))
+                variance.assign(np.where(keep, 1.0, np.ravel(variance)).reshape(variance.shape))
+                layer.finalize_state()
     callbacks = []
     if validation is not None and spec.early_stopping_patience > 0:
         callbacks.append(

@@ -67,3 +67,23 @@ def test_epochs_from_the_config_override_the_trainer_default():
     y = np.zeros(40, dtype=np.float32)
     history = fit(build_model(config_with({"epochs": 2, "min_steps": 0})), x, y, epochs=8)
     assert len(history.history["loss"]) == 2
+
+
+def test_auto_scaling_standardizes_only_numbers_without_a_config_range():
+    from model.keras_model import build_model, fit
+
+    # Both shipped configs declare every range: no extra layer, the numpy fast path stays.
+    assert "standardize" not in [layer.name for layer in build_model(load_config(
+        "configs/traffic.yaml")).layers]  # fmt: skip
+    with open("configs/traffic.yaml", encoding="utf-8") as f:
+        raw = yaml.safe_load(f)
+    del raw["features"]["vehicle_count"]["max"]  # now a raw number (column 0)
+    raw["model"] = {"epochs": 1, "min_steps": 1}
+    config = config_from_dict(raw, source="test")
+    model = build_model(config)
+    x = np.random.default_rng(0).normal(50.0, 10.0, (64, 7)).astype(np.float32)
+    fit(model, x, (x[:, 0] > 50).astype(np.float32))
+    layer = model.get_layer("standardize")
+    mean, variance = layer.mean.numpy().ravel(), layer.variance.numpy().ravel()
+    assert mean[0] == pytest.approx(x[:, 0].mean(), rel=1e-4)
+    assert (mean[1:] == 0).all() and (variance[1:] == 1).all()
