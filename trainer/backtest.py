@@ -493,15 +493,15 @@ def policy_summary(run: PolicyRun, replay: Replay, reference: np.ndarray, classi
 
 
 def stderr_progress(name: str, done: int, total: int, info: dict[str, Any]) -> None:
-    """A one-line progress bar on stderr."""
+    """A progress bar on stderr: redrawn in place on a terminal, a line per 10% otherwise."""
     width = 30
-    filled = int(width * done / total) if total else width
+    share = done / total if total else 1.0
+    filled = int(width * share)
     bar = "#" * filled + "." * (width - filled)
-    end = "\n" if done >= total else ""
-    print(
-        f"\r[backtest] {name:<24} [{bar}] {done / max(total, 1):4.0%} "
-        f"retrains {info.get('retrains', 0)}",
-        end=end,
-        file=sys.stderr,
-        flush=True,
-    )
+    text = f"[backtest] {name:<24} [{bar}] {share:4.0%} retrains {info.get('retrains', 0)}"
+    if sys.stderr.isatty():
+        print("\r" + text, end="\n" if done >= total else "", file=sys.stderr, flush=True)
+        return
+    step = max(1, total // 10)
+    if done >= total or done % step < max(1, total // 50):
+        print(text, file=sys.stderr, flush=True)
