@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 
+import numpy as np
 import pytest
 import yaml
 
@@ -86,3 +87,35 @@ def test_bad_input_exits_2(tmp_path, capsys):
     )
     assert code == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_regression_reports_mae_and_rmse(tmp_path):
+    rng = np.random.default_rng(1)
+    data = tmp_path / "reg.csv"
+    with open(data, "w", encoding="utf-8") as f:
+        f.write("k,t,a,b,y\n")
+        for i in range(400):
+            a, b = rng.normal(size=2)
+            f.write(f"k{i % 5},{1_700_000_000 + i},{a:.4f},{b:.4f},{2 * a - b:.4f}\n")
+    config = tmp_path / "reg.yaml"
+    config.write_text(
+        "name: reg\nkey_field: k\nevent_time: {field: t, format: epoch_seconds}\n"
+        "features: {a: {type: float}, b: {type: float}}\n"
+        "label: {field: y, type: float, task: regression}\n"
+        "windows: {specs: [{name: w, kind: fixed, size_seconds: 60}]}\n"
+        "retraining: {min_new_examples: 150, training_window_rows: 200, min_interval_seconds: 0}\n"
+        "model: {epochs: 3, min_steps: 40, early_stopping_patience: 0}\n"
+    )
+    out = tmp_path / "out"
+    code = backtest.main(
+        ["--config", str(config), "--data", str(data), "--out", str(out), "--min-rows", "50",
+         "--training-delay", "1", "--no-plot"]
+    )  # fmt: skip
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())
+    configured = results["policies"][0]
+    assert "accuracy" not in configured
+    assert configured["mae"] > 0 and configured["rmse"] >= configured["mae"]
+    assert configured["retrains"] == 2
+    assert set(results["baselines"]["no_change"]) >= {"mae", "rmse", "kappa_temporal"}
+    assert not (out / "quality.png").exists()
