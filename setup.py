@@ -50,6 +50,8 @@ setuptools.setup(
         "grpcio>=1.60,<2",
         "google-cloud-pubsub>=2.44,<3",
         "google-cloud-storage>=3.4,<4",
+        # The backtest's quality plot (pipelines/backtest.py).
+        "matplotlib>=3.8",
         "numpy>=2.0,<3",
         # The online prediction service's metrics (serving/).
         "prometheus-client>=0.20,<1",

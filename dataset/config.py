@@ -125,6 +125,38 @@ class RetrainingPolicy:
     warm_start: bool = False
 
 
+MODEL_ARCHITECTURES = ("mlp", "linear")
+CLASS_WEIGHTS = ("none", "balanced")
+FEATURE_SCALINGS = ("auto", "config", "standardize")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """The model the trainer builds (``model.keras_model``), from the config's ``model:``.
+
+    ``architecture``: ``mlp`` (Dense ``hidden_units`` with ReLU, then the
+    output) or ``linear`` (logistic / linear regression). ``epochs``: the
+    maximum epochs (None: the trainer's ``--epochs``); every fit takes at
+    least ``min_steps`` gradient steps. ``class_weight: balanced`` weighs
+    classes by inverse frequency. ``feature_scaling``: ``config`` scales
+    numbers with the config's min/max only (``model.features``);
+    ``standardize`` also adds a normalization layer fitted on the training
+    rows (inside the SavedModel, so serving needs nothing else); ``auto``
+    standardizes only the numeric features without a config min/max (a
+    model without such features is exactly the ``config`` one).
+    """
+
+    architecture: str = "mlp"
+    hidden_units: tuple[int, ...] = (16,)
+    epochs: int | None = None
+    min_steps: int = 600
+    batch_size: int = 128
+    learning_rate: float = 0.01
+    class_weight: str = "none"
+    feature_scaling: str = "auto"
+    early_stopping_patience: int = 3
+
+
 @dataclasses.dataclass(frozen=True)
 class ValidationPolicy:
     """Overrides of the trainer's data-validation severities.
@@ -193,6 +225,7 @@ class DatasetConfig:
     source_path: str = ""
     validation: ValidationPolicy = ValidationPolicy()
     limits: Limits = Limits()
+    model: ModelSpec = ModelSpec()
 
     @property
     def max_event_age_seconds(self) -> int:
@@ -484,6 +517,40 @@ def _parse_limits(r: _Reader, raw: Any) -> Limits:
     return limits
 
 
+def _parse_model(r: _Reader, raw: Any) -> ModelSpec:
+    path = "model"
+    m = r.mapping(raw or {}, path)
+    r.unknown_keys(m, {f.name for f in dataclasses.fields(ModelSpec)}, path)
+    d = ModelSpec()
+    units = r.get(m, "hidden_units", path, list, list(d.hidden_units))
+    if not all(isinstance(u, int) and not isinstance(u, bool) and u > 0 for u in units):
+        raise r.fail(f"{path}.hidden_units", f"expected a list of positive integers, got {units}")
+    spec = ModelSpec(
+        architecture=r.choice(m, "architecture", path, MODEL_ARCHITECTURES, d.architecture),
+        hidden_units=tuple(units),
+        epochs=r.get(m, "epochs", path, int, d.epochs),
+        min_steps=r.get(m, "min_steps", path, int, d.min_steps),
+        batch_size=r.get(m, "batch_size", path, int, d.batch_size),
+        learning_rate=r.get(m, "learning_rate", path, float, d.learning_rate),
+        class_weight=r.choice(m, "class_weight", path, CLASS_WEIGHTS, d.class_weight),
+        feature_scaling=r.choice(m, "feature_scaling", path, FEATURE_SCALINGS, d.feature_scaling),
+        early_stopping_patience=r.get(
+            m, "early_stopping_patience", path, int, d.early_stopping_patience
+        ),
+    )
+    if spec.architecture == "mlp" and not spec.hidden_units:
+        raise r.fail(f"{path}.hidden_units", "an mlp needs at least one hidden layer")
+    for name in ("epochs", "batch_size"):
+        value = getattr(spec, name)
+        if value is not None and value <= 0:
+            raise r.fail(f"{path}.{name}", "must be positive")
+    if spec.min_steps < 0 or spec.early_stopping_patience < 0:
+        raise r.fail(path, "min_steps and early_stopping_patience must be >= 0")
+    if not spec.learning_rate > 0:
+        raise r.fail(f"{path}.learning_rate", "must be positive")
+    return spec
+
+
 def _parse_tables(r: _Reader, raw: Any) -> TableNames:
     m = r.mapping(raw or {}, "tables")
     fields = {f.name for f in dataclasses.fields(TableNames)}
@@ -515,6 +582,7 @@ def config_from_dict(raw: Any, source: str = "<config>") -> DatasetConfig:
             "evaluation_window_seconds",
             "validation",
             "limits",
+            "model",
         },
         "",
     )
@@ -543,6 +611,7 @@ def config_from_dict(raw: Any, source: str = "<config>") -> DatasetConfig:
         source_path=source,
         validation=_parse_validation(r, m.get("validation")),
         limits=_parse_limits(r, m.get("limits")),
+        model=_parse_model(r, m.get("model")),
     )
     if cfg.evaluation_window_seconds <= 0:
         raise r.fail("evaluation_window_seconds", "must be positive")

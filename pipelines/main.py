@@ -1,5 +1,8 @@
 """Entry point: ``python -m pipelines.main [options]``.
 
+``python -m pipelines.main backtest ...`` runs the policy backtest instead
+(``pipelines.backtest``).
+
 Used by ``run_local.sh`` (DirectRunner against the emulators) and by the
 flex template (DataflowRunner). It validates the options, makes sure the
 output tables exist, builds the pipeline and runs it: on an in-process runner
@@ -92,6 +95,10 @@ def run(argv: list[str] | None = None) -> None:
         from pipelines import batch_predict
 
         sys.exit(batch_predict.main(args[1:]))
+    if args and args[0] == "backtest":  # a subcommand, not the streaming pipeline
+        from pipelines import backtest
+
+        sys.exit(backtest.main(args[1:]))
     if "-h" in args or "--help" in args:
         help_parser().print_help()
         return
