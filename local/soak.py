@@ -74,7 +74,7 @@ def events_from_training_rows(rows: Sequence[dict], config: DatasetConfig) -> li
         }
         event.update({f.name: row[f.name] for f in config.features})
         if config.label.source == "inline":
-            event[config.label.field] = row["label"]
+            event[config.label.field] = row[config.label.field]
         events.append(event)
     return events
 

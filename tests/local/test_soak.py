@@ -30,7 +30,7 @@ def test_events_rebuilt_from_training_rows_validate_like_published_ones():
         "occupancy": 0.61,
         "hour_of_day": 8.0,
         "road_type": "arterial",
-        "label": 1,
+        "congested": 1,
         "example_id": "x",
     }
     (event,) = events_from_training_rows([row], TRAFFIC)
