@@ -96,7 +96,10 @@ def forget_empty_keys() -> None:
     is empty (``is_empty_state``), ``DirectStepContext.get_keyed_state``
     would create an identical fresh state for it, so removing it changes no
     read, no timer and no watermark hold (an empty state holds nothing).
-    Also drops ``local.accelerate``'s per-key timer index entry. The legacy
+    A key with a timer firing still to be delivered is kept (Beam extracts a
+    due timer on every scheduling pass until a bundle clears it, so one timer
+    can be delivered twice). Also drops ``local.accelerate``'s per-key timer
+    index entry. The legacy
     runner has a single worker thread; removal happens under the
     evaluation context's and the step's watermark locks all the same.
     """
@@ -115,8 +118,11 @@ def forget_empty_keys() -> None:
                 watermarks = self._watermark_manager.get_watermarks(result.transform)
                 with watermarks._lock:
                     index = watermarks.__dict__.get("_accelerate_timer_index")
+                    outstanding = {f.encoded_key for f in watermarks._fired_timers}
                     for key in list(touched):
                         state = states.get(key)
+                        if key in outstanding:
+                            continue  # a timer of it is still to be delivered
                         if state is not None and is_empty_state(state):
                             del states[key]
                             if index is not None:
@@ -126,7 +132,9 @@ def forget_empty_keys() -> None:
     _set(EvaluationContext, "handle_result", handle_result)
 
 
-def collect_expired_windows(state: Any, allowed_lateness: Any, input_watermark: Any) -> int:
+def collect_expired_windows(
+    state: Any, allowed_lateness: Any, input_watermark: Any, outstanding: Any = frozenset()
+) -> int:
     """Removes expired, idle windows from a trigger driver's key state.
 
     ``state`` is the raw ``InMemoryUnmergedState`` of one key of a grouping
@@ -135,8 +143,10 @@ def collect_expired_windows(state: Any, allowed_lateness: Any, input_watermark: 
     its state ids; cells and timers are keyed by id. A window is dropped when
     ``input_watermark > window.end + allowed_lateness`` (the driver then
     ignores every new element for it), no timer is pending on its ids (no
-    pane can fire for it) and no watermark hold is left in its cells. Returns
-    the number of windows dropped.
+    pane can fire for it), no timer firing is still to be delivered for them
+    (``outstanding``: state ids; Beam may deliver a due timer twice, and the
+    driver looks the window up by id) and no watermark hold is left in its
+    cells. Returns the number of windows dropped.
     """
     window_ids = state.global_state.get(_WINDOW_IDS_TAG)
     if not window_ids:
@@ -146,7 +156,7 @@ def collect_expired_windows(state: Any, allowed_lateness: Any, input_watermark: 
         if not input_watermark > window.end + allowed_lateness:
             continue
         ids = window_ids[window]
-        if any(state.timers.get(i) for i in ids):
+        if any(state.timers.get(i) or i in outstanding for i in ids):
             continue
         if any(state.state.get(i, {}).get("watermark") for i in ids):
             continue
@@ -166,7 +176,8 @@ def expired_window_gc() -> None:
     trigger that finishes clears its elements, and even then leaves a
     tombstone. Dataflow drops a window's state at end + allowed lateness.
     After each key is processed by ``_StreamingGroupAlsoByWindowEvaluator``,
-    this drops that key's windows as described in ``collect_expired_windows``.
+    this drops that key's windows as described in ``collect_expired_windows``
+    (the key's timer firings still to be delivered: ``_fired_timers``).
     Safe: the driver skips elements of an expired window before looking at
     its state, and with no timer pending nothing else can read it; merging
     window functions (sessions) are left alone, as a new window may merge
@@ -188,7 +199,13 @@ def expired_window_gc() -> None:
         watermarks = self._evaluation_context._watermark_manager.get_watermarks(
             self._applied_ptransform
         )
-        if collect_expired_windows(state, windowing.allowed_lateness, watermarks.input_watermark):
+        with watermarks._lock:
+            outstanding = {
+                f.window for f in watermarks._fired_timers if f.encoded_key == kwi.encoded_key
+            }
+        if collect_expired_windows(
+            state, windowing.allowed_lateness, watermarks.input_watermark, outstanding
+        ):
             self.keyed_holds[kwi.encoded_key] = state.get_earliest_hold()
 
     _set(te._StreamingGroupAlsoByWindowEvaluator, "process_element", process_element)
