@@ -239,3 +239,21 @@ def test_the_identical_output_graph_of_test_accelerate_is_unchanged():
     with acc.accelerated(patches=STATE_PATCHES):
         fast = _run_graph(uuid.uuid4().hex)
     assert fast == stock
+
+
+def test_restore_undoes_the_state_patches():
+    from apache_beam.runners.direct import transform_evaluator as te
+    from apache_beam.runners.direct.evaluation_context import EvaluationContext
+
+    before = (
+        EvaluationContext.handle_result,
+        te._StreamingGroupAlsoByWindowEvaluator.process_element,
+    )
+    acc.accelerate(patches=STATE_PATCHES)
+    assert EvaluationContext.handle_result is not before[0]
+    acc.restore()
+    after = (
+        EvaluationContext.handle_result,
+        te._StreamingGroupAlsoByWindowEvaluator.process_element,
+    )
+    assert after == before
