@@ -35,6 +35,8 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from local import accelerate_state
+
 _LOG = logging.getLogger(__name__)
 
 BEAM_VERSION = "2.77.0"
@@ -558,6 +560,7 @@ PATCHES: dict[str, Callable[[], None]] = {
     "sink_reshuffle": sinks_without_reshuffle,
     "combine_tags": reused_no_extraction_tags,
     "timer_copies": shallow_timer_copies,
+    **accelerate_state.PATCHES,  # forget_empty_keys, expired_window_gc (local.accelerate_state)
 }
 
 
@@ -611,7 +614,7 @@ def check_beam_internals() -> list[str]:
     ):
         if source_sha256(fn) != expected:
             problems.append(f"{fn.__qualname__} changed (source hash); review the copy here")
-    return problems
+    return problems + accelerate_state.check_internals()
 
 
 def _original(owner: Any, name: str) -> Any:
