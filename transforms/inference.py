@@ -31,7 +31,7 @@ from apache_beam.transforms.window import TimestampedValue
 
 from dataset.config import DatasetConfig
 from dataset.times import utc_iso
-from model.features import encode_features
+from model.features import encode_features, model_inputs
 from model.handler import RegistryModelHandler
 from transforms.validation import Record, dead_letter_row
 
@@ -162,7 +162,7 @@ class PredictAndRecord(beam.PTransform):
 
     def expand(self, records):
         config = self._config
-        keyed = records | "KeyByExample" >> beam.Map(lambda r: (example_key(r), r["features"]))
+        keyed = records | "KeyByExample" >> beam.Map(lambda r: (example_key(r), model_inputs(r)))
         results, failures = (
             keyed | "RunInference" >> RunInference(self.handler()).with_exception_handling()
         )
