@@ -137,6 +137,27 @@ def history_in_order(
     return out
 
 
+def attach_history(
+    config: DatasetConfig,
+    records: Sequence[dict[str, Any]],
+    ttl_seconds: float = DEFAULT_TTL_SECONDS,
+) -> list[dict[str, Any]]:
+    """``records`` (same order) with ``history`` on each feature record, computed in
+    event-time order (ties: the given order). Without history features: unchanged.
+
+    For rows built outside the stream (bootstrap history, a file's first rows).
+    """
+    if not config.history_features:
+        return list(records)
+    order = [i for i in range(len(records)) if records[i].get("kind", "features") == "features"]
+    order.sort(key=lambda i: records[i]["event_time"])
+    values = history_in_order(config, [records[i] for i in order], ttl_seconds)
+    out = list(records)
+    for i, h in zip(order, values, strict=True):
+        out[i] = {**records[i], "history": h}
+    return out
+
+
 def history_default(spec: HistoryFeatureSpec, config: DatasetConfig) -> float:
     """The encoded value of a missing history value: the middle of its encoded range.
 

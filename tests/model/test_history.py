@@ -149,3 +149,14 @@ def test_configs_without_history_encode_as_before():
     assert encode_features(row, plain).tolist() == [0.5, 3.0, 0.0, 1.0]
     with pytest.raises(KeyError):
         encode_features({"x": 5.0}, plain)
+
+
+def test_attach_history_computes_in_event_time_order_and_keeps_the_given_order():
+    from model.history import attach_history
+
+    rows = [record("a", T0 + 60, 5.0, y=1, i=1), record("a", T0, 1.0, y=0, i=0)]
+    label = {"kind": "label", "event_time": T0, "label": 1}
+    out = attach_history(CONFIG, [rows[0], label, rows[1]])
+    assert out[1] is label
+    assert out[2]["history"]["x_mean_3"] is None  # the earlier event comes first
+    assert out[0]["history"]["x_mean_3"] == 1.0 and out[0]["history"]["y_last"] == 0.0
