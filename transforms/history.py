@@ -13,6 +13,8 @@ separate``) pass through untouched.
 
 from __future__ import annotations
 
+from typing import Any
+
 import apache_beam as beam
 from apache_beam.coders import PickleCoder
 from apache_beam.metrics import Metrics
@@ -87,7 +89,7 @@ class AttachHistory(beam.PTransform):
         others = records | "HistoryOtherRecords" >> beam.Filter(_is_not_features)
         attached = (
             features
-            | "KeyByEntity" >> beam.Map(lambda r: (r["key"], r))
+            | "KeyByEntity" >> beam.Map(lambda r: (r["key"], r)).with_output_types(tuple[str, Any])
             | "ComputeHistory" >> beam.ParDo(_HistoryFn(self._config, self._ttl))
         )
         return (attached, others) | "MergeHistoryRecords" >> beam.Flatten()
