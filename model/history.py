@@ -158,21 +158,21 @@ def attach_history(
     return out
 
 
-def history_default(spec: HistoryFeatureSpec, config: DatasetConfig) -> float:
-    """The encoded value of a missing history value: the middle of its encoded range.
-
-    0.5 when the source (feature, or label) is scaled to [0, 1] (a numeric
-    feature with min and max, a bool, a classification label, a regression
-    label with min and max), else 0.0.
-    """
+def history_scaled(spec: HistoryFeatureSpec, config: DatasetConfig) -> bool:
+    """Whether the encoding puts the value in [0, 1]: a numeric source with min and max,
+    a bool feature, a classification label, a regression label with min and max."""
     lo, hi = history_range(spec, config)
     if lo is not None and hi is not None and hi > lo:
-        return 0.5
-    if spec.uses_label and config.label.task == "binary_classification":
-        return 0.5
-    if not spec.uses_label and config.feature(spec.of).type == "bool":
-        return 0.5
-    return 0.0
+        return True
+    if spec.uses_label:
+        return config.label.task == "binary_classification"
+    return config.feature(spec.of).type == "bool"
+
+
+def history_default(spec: HistoryFeatureSpec, config: DatasetConfig) -> float:
+    """The encoded value of a missing history value: the middle of its encoded range,
+    0.5 when ``history_scaled``, else 0.0."""
+    return 0.5 if history_scaled(spec, config) else 0.0
 
 
 def history_range(

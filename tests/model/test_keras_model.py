@@ -87,3 +87,26 @@ def test_auto_scaling_standardizes_only_numbers_without_a_config_range():
     mean, variance = layer.mean.numpy().ravel(), layer.variance.numpy().ravel()
     assert mean[0] == pytest.approx(x[:, 0].mean(), rel=1e-4)
     assert (mean[1:] == 0).all() and (variance[1:] == 1).all()
+
+
+def test_scaled_columns_cover_history_features():
+    from model.features import feature_dim
+    from model.keras_model import build_model, fit, scaled_columns
+
+    with open("configs/traffic.yaml", encoding="utf-8") as f:
+        raw = yaml.safe_load(f)
+    raw["features"]["vehicle_count"].pop("max")  # a raw number: auto scaling standardizes
+    raw["history_features"] = {
+        "count_mean_3": {"of": "vehicle_count", "agg": "mean", "last": 3},  # raw like its source
+        "last_congested": {"agg": "last_label"},  # 0/1
+    }
+    raw["model"] = {"epochs": 1, "min_steps": 1}
+    config = config_from_dict(raw, source="test")
+    columns = scaled_columns(config)
+    assert len(columns) == feature_dim(config) == 9
+    assert columns[-2:].tolist() == [False, True]
+    model = build_model(config)
+    x = np.random.default_rng(0).normal(50.0, 10.0, (64, 9)).astype(np.float32)
+    fit(model, x, (x[:, 0] > 50).astype(np.float32))
+    mean = model.get_layer("standardize").mean.numpy().ravel()
+    assert mean[-2] == pytest.approx(x[:, -2].mean(), rel=1e-4) and mean[-1] == 0
