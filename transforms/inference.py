@@ -1,7 +1,9 @@
 """Inline predictions with the registry's current model, keyed, with dead letters.
 
 Each valid feature record is encoded with the same feature function the
-trainer uses (``model.features.encode_features``), predicted by
+trainer uses (``model.features.encode_features`` of ``model_inputs``: its
+features and, with ``history_features``, the values ``AttachHistory`` put in
+``record["history"]``, which its training row stores too), predicted by
 ``RunInference`` with ``RegistryModelHandler`` (keyed, batched, hot-swapping)
 and written as a prediction row that carries the key, event time and the model
 version that scored it (``PredictionResult.model_id``). Inference latency and
