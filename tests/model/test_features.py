@@ -26,9 +26,9 @@ def test_traffic_encoding_scales_numbers_and_one_hots_categories():
     assert as_dict["occupancy"] == pytest.approx(0.5)
     assert as_dict["hour_of_day"] == pytest.approx(0.25)
     assert [as_dict[f"road_type={v}"] for v in ("highway", "arterial", "local")] == [0, 1, 0]
-    # The history feature (last_congested): no previous reading -> the default 0.5.
-    assert as_dict["last_congested"] == 0.5
-    assert encode_features({**row, "last_congested": 1.0}, TRAFFIC)[-1] == 1.0
+    # The history feature (congested_rate_5): no previous reading -> the default 0.5.
+    assert as_dict["congested_rate_5"] == 0.5
+    assert encode_features({**row, "congested_rate_5": 0.2}, TRAFFIC)[-1] == np.float32(0.2)
 
 
 SPAM = config_from_dict(
