@@ -22,6 +22,12 @@ from typing import Any
 
 import yaml
 
+from dataset.history_spec import (
+    TRAINING_LINEAGE_COLUMNS,
+    HistoryFeatureSpec,
+    parse_history_features,
+)
+
 FEATURE_TYPES = ("int", "float", "string", "bool")
 NUMERIC_TYPES = ("int", "float")
 LABEL_SOURCES = ("inline", "separate")
@@ -226,6 +232,7 @@ class DatasetConfig:
     validation: ValidationPolicy = ValidationPolicy()
     limits: Limits = Limits()
     model: ModelSpec = ModelSpec()
+    history_features: tuple[HistoryFeatureSpec, ...] = ()  # dataset.history_spec
 
     @property
     def max_event_age_seconds(self) -> int:
@@ -583,6 +590,7 @@ def config_from_dict(raw: Any, source: str = "<config>") -> DatasetConfig:
             "validation",
             "limits",
             "model",
+            "history_features",
         },
         "",
     )
@@ -627,7 +635,14 @@ def config_from_dict(raw: Any, source: str = "<config>") -> DatasetConfig:
             f"field {dupes[0]!r} is used twice (key, event time, label, join key, "
             "extra fields and features must all have different names)",
         )
-    return cfg
+    history = parse_history_features(
+        m.get("history_features"),
+        {f.name: f.type for f in cfg.features},
+        cfg.label.source,
+        {*names, *TRAINING_LINEAGE_COLUMNS},
+        r.fail,
+    )
+    return dataclasses.replace(cfg, history_features=history) if history else cfg
 
 
 def read_config_text(path: str) -> str:

@@ -84,6 +84,8 @@ def training_schema(config: DatasetConfig) -> list[Field]:
         _col(config.key_field, "STRING", "REQUIRED"),
         _col("event_time", "TIMESTAMP", "REQUIRED"),
         *(feature_column(spec) for spec in config.features),
+        # History features (dataset.history_spec): the values serving used; NULL: no history.
+        *(_col(spec.name, "FLOAT64") for spec in config.history_features),
         _col(config.label.field, label_bq_type(config), "REQUIRED"),
         _col("label_time", "TIMESTAMP"),
         _col("label_source", "STRING", "REQUIRED"),

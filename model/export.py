@@ -11,6 +11,9 @@
   and then the Keras model. Output ``{"prediction": [None, 1]}``. An endpoint
   can therefore be called with the fields an event carries, e.g. Vertex AI
   ``{"instances": [{"vehicle_count": 12, "road_type": "local", ...}]}``.
+  Each of the config's ``history_features`` is one more ``float32`` ``[None]``
+  input (the value ``model.history`` computed; NaN: no history, encoded as
+  ``model.history.history_default``).
 * ``serving_encoded``: the encoded vector ``features`` ``[None, dim]`` (what
   ``RunInference`` feeds the Keras model), output ``{"prediction": ...}``.
 
@@ -68,10 +71,13 @@ def input_signature(config: DatasetConfig) -> dict[str, tf.TensorSpec]:
     """``serving_default``'s inputs: one ``[None]`` tensor per feature, by name."""
     import tensorflow as tf
 
-    return {
+    inputs = {
         spec.name: tf.TensorSpec([None], input_dtype(spec), name=spec.name)
         for spec in config.features
     }
+    for spec in config.history_features:
+        inputs[spec.name] = tf.TensorSpec([None], tf.float32, name=spec.name)
+    return inputs
 
 
 def crc32_tf(values: tf.Tensor) -> tf.Tensor:
@@ -117,7 +123,24 @@ def encode_tf(features: Mapping[str, tf.Tensor], config: DatasetConfig) -> tf.Te
     import tensorflow as tf
 
     columns = [_encode_column(spec, features[spec.name]) for spec in config.features]
+    for spec in config.history_features:
+        columns.append(_encode_history_tf(spec, features[spec.name], config))
     return tf.concat(columns, axis=1)
+
+
+def _encode_history_tf(spec, x: tf.Tensor, config: DatasetConfig) -> tf.Tensor:
+    """``model.history.encode_history_value`` in TensorFlow ops (NaN: missing)."""
+    import tensorflow as tf
+
+    from model.history import history_default, history_range
+
+    value = tf.cast(x, tf.float64)
+    lo, hi = history_range(spec, config)
+    if lo is not None and hi is not None and hi > lo:
+        value = (tf.clip_by_value(value, lo, hi) - lo) / (hi - lo)
+    default = tf.constant(history_default(spec, config), tf.float64)
+    value = tf.where(tf.math.is_nan(value), default, value)
+    return tf.cast(value, tf.float32)[:, None]
 
 
 def probe_rows(config: DatasetConfig, n: int = PROBE_ROWS, seed: int = 0) -> list[dict[str, Any]]:
@@ -138,6 +161,8 @@ def probe_rows(config: DatasetConfig, n: int = PROBE_ROWS, seed: int = 0) -> lis
                 span = max(hi - lo, 1.0)
                 value = rng.uniform(lo - 0.1 * span, hi + 0.1 * span)
                 row[spec.name] = int(round(value)) if spec.type == "int" else float(value)
+        for spec in config.history_features:  # missing (None) every third row
+            row[spec.name] = None if i % 3 == 0 else float(rng.uniform(-1.0, 2.0))
         rows.append(row)
     return rows
 
@@ -146,10 +171,14 @@ def raw_inputs(rows: list[Mapping[str, Any]], config: DatasetConfig) -> dict[str
     """Feature rows as ``serving_default``'s named input tensors."""
     import tensorflow as tf
 
-    return {
+    inputs = {
         spec.name: tf.constant([row[spec.name] for row in rows], dtype=input_dtype(spec))
         for spec in config.features
     }
+    for spec in config.history_features:
+        values = [float("nan") if row.get(spec.name) is None else row[spec.name] for row in rows]
+        inputs[spec.name] = tf.constant(values, dtype=tf.float32)
+    return inputs
 
 
 def check_export(path: str, model: keras.Model, config: DatasetConfig) -> float:

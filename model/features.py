@@ -8,7 +8,13 @@ The encoding depends only on the dataset config:
   are set (clipped), else passed through;
 * bool: 0/1;
 * string with allowed ``values``: one-hot, in the config's order;
-* string without ``values``: one-hot over ``HASH_BUCKETS`` stable hash buckets.
+* string without ``values``: one-hot over ``HASH_BUCKETS`` stable hash buckets;
+* then the config's ``history_features``, in the config's order, one position
+  each (``model.history.encode_history_value``: scaled like the source, the
+  default of ``history_default`` when the value is missing). Their values are
+  the row's own columns: a serving record passes ``model_inputs(record)``
+  (features plus ``record["history"]``), a training row carries them as
+  columns, so both encode to the same vector.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from dataset.config import DatasetConfig, FeatureSpec
+from model.history import encode_history_value
 
 HASH_BUCKETS = 16
 
@@ -32,7 +39,7 @@ def _width(spec: FeatureSpec) -> int:
 
 def feature_dim(config: DatasetConfig) -> int:
     """Length of the encoded feature vector."""
-    return sum(_width(spec) for spec in config.features)
+    return sum(_width(spec) for spec in config.features) + len(config.history_features)
 
 
 def feature_columns(config: DatasetConfig) -> list[str]:
@@ -44,7 +51,13 @@ def feature_columns(config: DatasetConfig) -> list[str]:
             names.extend(f"{spec.name}={v}" for v in labels)
         else:
             names.append(spec.name)
+    names.extend(spec.name for spec in config.history_features)
     return names
+
+
+def model_inputs(record: Mapping[str, Any]) -> dict[str, Any]:
+    """What a validated record encodes from: its features and its history values."""
+    return {**record["features"], **(record.get("history") or {})}
 
 
 def _encode_into(out: np.ndarray, offset: int, spec: FeatureSpec, value: Any) -> int:
@@ -68,6 +81,8 @@ def _encode_into(out: np.ndarray, offset: int, spec: FeatureSpec, value: Any) ->
 def encode_features(features: Mapping[str, Any], config: DatasetConfig) -> np.ndarray:
     """Encodes one record's (validated) features as a float32 vector.
 
+    History features are read by name too (absent or None: the default).
+
     Raises:
         KeyError: if a configured feature is missing (records are validated first).
     """
@@ -75,6 +90,9 @@ def encode_features(features: Mapping[str, Any], config: DatasetConfig) -> np.nd
     offset = 0
     for spec in config.features:
         offset = _encode_into(out, offset, spec, features[spec.name])
+    for spec in config.history_features:
+        out[offset] = encode_history_value(spec, features.get(spec.name), config)
+        offset += 1
     return out
 
 

@@ -25,6 +25,7 @@ import numpy as np  # noqa: E402
 
 from dataset.config import DatasetConfig, ModelSpec  # noqa: E402
 from model.features import HASH_BUCKETS, feature_dim  # noqa: E402
+from model.history import history_scaled  # noqa: E402
 
 HIDDEN_UNITS = ModelSpec().hidden_units[0]
 MIN_STEPS = ModelSpec().min_steps
@@ -67,7 +68,8 @@ def build_model(config: DatasetConfig, seed: int = 0) -> keras.Model:
 
 def scaled_columns(config: DatasetConfig) -> np.ndarray:
     """Per encoded column: True where ``model.features`` already scales it to [0, 1]
-    (one-hot, bool, numbers with a config min and max), False for raw numbers."""
+    (one-hot, bool, numbers with a config min and max, ``history_scaled`` history
+    features), False for raw numbers."""
     out: list[bool] = []
     for spec in config.features:
         if spec.type == "string":
@@ -76,6 +78,7 @@ def scaled_columns(config: DatasetConfig) -> np.ndarray:
             out.append(True)
         else:
             out.append(spec.min is not None and spec.max is not None and spec.max > spec.min)
+    out.extend(history_scaled(spec, config) for spec in config.history_features)
     return np.asarray(out, dtype=bool)
 
 

@@ -3,7 +3,7 @@
     Pub/Sub ─ ReadEvents (publish-time timestamps, dedup by id)
       └ ParseAndValidate (checks the event-time attribute, assigns event time)
                           ┬─ dead letters ─────────────────────────┐
-                          └ records                                 │
+                          └ records (─ AttachHistory if history_features) │
                               ├ FeatureRecords ─ WindowAndAggregate ─ WriteAggregates ─┤
                               │    └ PredictAndRecord (RunInference) ─ WritePredictions ┤
                               │         └─────────┐ inference errors ──────────────────┤
@@ -25,6 +25,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from dataset.config import DatasetConfig
 from pipelines.options import table_spec, validated
 from transforms.aggregation import WindowAndAggregate
+from transforms.history import AttachHistory
 from transforms.ingestion import ReadEvents
 from transforms.labeling import BuildTrainingExamples
 from transforms.quality import JoinPredictionsWithLabels, MeasureOnlineQuality
@@ -57,6 +58,9 @@ def build_graph(
     """
     parsed = messages | "ParseAndValidate" >> ParseAndValidate(config)
     records = parsed.records
+    if config.history_features:
+        # Before the fan-out: predictions and training rows carry the same values.
+        records = records | "AttachHistory" >> AttachHistory(config)
     features = records | "FeatureRecords" >> beam.Filter(lambda r: r["kind"] == "features")
     aggregates = features | "WindowAndAggregate" >> WindowAndAggregate(config)
     examples = records | "BuildTrainingExamples" >> BuildTrainingExamples(config)

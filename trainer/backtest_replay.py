@@ -14,6 +14,11 @@ that fails is counted as a dead letter, by reason) and joins labels the way
   with ``negative_on_timeout`` (else it is never labelled); a label without
   features, or a second message for a joined id, is a dead letter.
 
+History features (``history_features``) are computed with
+``model.history.history_in_order`` over the feature rows in event-time order
+(the streaming step's values when events arrive in order) and stored in the
+training rows, as the pipeline stores them.
+
 Training rows are built by ``transforms.labeling.training_row`` (the training
 table's columns), with timestamps as UTC datetimes, as the trainer reads them.
 Pure: no model, no Beam.
@@ -31,7 +36,8 @@ import numpy as np
 
 from dataset.config import DatasetConfig
 from dataset.times import to_datetime
-from model.features import encode_batch
+from model.features import encode_batch, model_inputs
+from model.history import history_in_order
 from simulator.records import read_records
 from transforms.labeling import training_row
 from transforms.validation import RecordError, validate_payload
@@ -158,6 +164,13 @@ def load_replay(path: str, config: DatasetConfig, warmup_fraction: float = 0.1) 
     warmup_end = max([float(times[warmup - 1]), *landed])
     warmup = int(np.searchsorted(times, warmup_end, side="right"))
     records = [item[2] for item in features]
+    if config.history_features:
+        # The streaming step's values, in event-time order (model.history).
+        history = history_in_order(config, records)
+        records = [{**rec, "history": h} for rec, h in zip(records, history, strict=True)]
+        features = [
+            (*item[:2], rec, *item[3:]) for item, rec in zip(features, records, strict=True)
+        ]
     rows: list[dict[str, Any] | None] = []
     label_values, land_times = [], []
     for _, _, rec, label, land, source, label_time in features:
@@ -173,7 +186,7 @@ def load_replay(path: str, config: DatasetConfig, warmup_fraction: float = 0.1) 
         times=times,
         keys=[rec["key"] for rec in records],
         example_ids=[rec["join_id"] or rec["message_id"] for rec in records],
-        x=encode_batch([rec["features"] for rec in records], config),
+        x=encode_batch([model_inputs(rec) for rec in records], config),
         labels=np.asarray(label_values, dtype=np.float64),
         land_times=np.asarray(land_times, dtype=np.float64),
         training_rows=rows,

@@ -162,14 +162,17 @@ def training_rows(
     Raises:
         BootstrapError: naming the first reading the pipeline would reject.
     """
+    from model.history import attach_history
     from transforms.labeling import training_row
     from transforms.validation import RecordError, validate_payload
 
+    records = []
     for i, reading in enumerate(readings):
         try:
-            record = validate_payload(dict(reading), config, f"{prefix}-{i}")
+            records.append(validate_payload(dict(reading), config, f"{prefix}-{i}"))
         except RecordError as e:
             raise BootstrapError(f"simulated reading {i} is invalid for the config: {e}") from e
+    for record in attach_history(config, records):  # history features, as the stream's
         yield training_row(
             config, record, record["label"], record["event_time"], "inline", now=ingested_at
         )

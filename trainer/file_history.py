@@ -83,6 +83,7 @@ def split_file(
         ValueError: a missing or unknown file, ``n_rows`` < 1, fewer than
             ``n_rows`` valid rows, or no rows left to replay after them.
     """
+    from model.history import attach_history
     from transforms.labeling import training_row
 
     if n_rows < 1:
@@ -109,6 +110,7 @@ def split_file(
             f"(it was {n_rows}) so that some rows are left to replay"
         )
     split.rows_taken = len(taken)
+    taken = attach_history(config, taken)  # history features, as the stream computes them
     split.lines_taken = records[cut - 1][0]
 
     consumed: set[int] = set()  # indices in ``records`` of labels joined from the rest

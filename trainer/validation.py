@@ -297,6 +297,7 @@ def _expected_columns(config: DatasetConfig, schema: schema_pb2.Schema) -> set[s
     if config.label.join_key:
         names.add(config.label.join_key)
     names.update(config.extra_fields)
+    names.update(spec.name for spec in config.history_features)  # model.history values
     return names
 
 

@@ -1,7 +1,9 @@
 """Inline predictions with the registry's current model, keyed, with dead letters.
 
 Each valid feature record is encoded with the same feature function the
-trainer uses (``model.features.encode_features``), predicted by
+trainer uses (``model.features.encode_features`` of ``model_inputs``: its
+features and, with ``history_features``, the values ``AttachHistory`` put in
+``record["history"]``, which its training row stores too), predicted by
 ``RunInference`` with ``RegistryModelHandler`` (keyed, batched, hot-swapping)
 and written as a prediction row that carries the key, event time and the model
 version that scored it (``PredictionResult.model_id``). Inference latency and
@@ -31,7 +33,7 @@ from apache_beam.transforms.window import TimestampedValue
 
 from dataset.config import DatasetConfig
 from dataset.times import utc_iso
-from model.features import encode_features
+from model.features import encode_features, model_inputs
 from model.handler import RegistryModelHandler
 from transforms.validation import Record, dead_letter_row
 
@@ -162,7 +164,7 @@ class PredictAndRecord(beam.PTransform):
 
     def expand(self, records):
         config = self._config
-        keyed = records | "KeyByExample" >> beam.Map(lambda r: (example_key(r), r["features"]))
+        keyed = records | "KeyByExample" >> beam.Map(lambda r: (example_key(r), model_inputs(r)))
         results, failures = (
             keyed | "RunInference" >> RunInference(self.handler()).with_exception_handling()
         )

@@ -40,15 +40,22 @@ def training_row(
     label_source: str,
     now: float | None = None,
 ) -> dict[str, Any]:
-    """One row of the training-examples table."""
+    """One row of the training-examples table.
+
+    The record's history values (``record["history"]``, computed when it was
+    predicted) are stored as columns, so the trainer encodes exactly what
+    serving saw.
+    """
     if now is None:
         now = dt.datetime.now(dt.UTC).timestamp()
     example_id = features["join_id"] or features["message_id"]
+    history = features.get("history") or {}
     return {
         "example_id": example_id,
         config.key_field: features["key"],
         "event_time": utc_iso(features["event_time"]),
         **features["features"],
+        **{spec.name: history.get(spec.name) for spec in config.history_features},
         config.label.field: label,
         "label_time": utc_iso(label_time) if label_time is not None else None,
         "label_source": label_source,

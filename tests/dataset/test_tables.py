@@ -28,3 +28,20 @@ def test_tables_with_the_key_column_are_clustered_by_it(config):
     for name, layout in layouts.items():
         has_key = any(f["name"] == config.key_field for f in schemas[name])
         assert layout.cluster_fields == ((config.key_field,) if has_key else ()), name
+
+
+def test_history_features_are_nullable_float_columns_of_the_training_table():
+    import copy
+
+    import yaml
+
+    from dataset.config import config_from_dict
+    from dataset.tables import training_schema
+
+    with open("configs/traffic.yaml", encoding="utf-8") as f:
+        raw = copy.deepcopy(yaml.safe_load(f))
+    raw["history_features"] = {"occ_mean_5": {"of": "occupancy", "agg": "mean", "last": 5}}
+    fields = {f["name"]: f for f in training_schema(config_from_dict(raw))}
+    assert fields["occ_mean_5"] == {"name": "occ_mean_5", "type": "FLOAT64", "mode": "NULLABLE"}
+    raw.pop("history_features")
+    assert "occ_mean_5" not in {f["name"] for f in training_schema(config_from_dict(raw))}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import zlib
 
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 
 from dataset.config import config_from_dict
+from dataset.history_spec import HistoryFeatureSpec
 from model import export
 from model.features import encode_batch, feature_dim
 from tests.helpers import ADS, TRAFFIC
@@ -32,6 +34,18 @@ MIXED = config_from_dict(
     }
 )
 
+# MIXED with history features of every kind (model.history): NaN/None means no history.
+MIXED_HISTORY = dataclasses.replace(
+    MIXED,
+    history_features=(
+        HistoryFeatureSpec("amount_mean_3", "mean", "amount", 3),
+        HistoryFeatureSpec("count_max_2", "max", "count", 2),
+        HistoryFeatureSpec("flag_last", "last", "flag", 1),
+        HistoryFeatureSpec("y_rate_4", "label_mean", None, 4),
+        HistoryFeatureSpec("y_last", "last_label", None, 1),
+    ),
+)
+
 
 def test_crc32_in_tensorflow_is_zlibs():
     import tensorflow as tf
@@ -42,7 +56,9 @@ def test_crc32_in_tensorflow_is_zlibs():
     assert export.crc32_tf(tf.constant([], dtype=tf.string)).numpy().tolist() == []
 
 
-@pytest.mark.parametrize("config", [TRAFFIC, ADS, MIXED], ids=lambda c: c.name)
+@pytest.mark.parametrize(
+    "config", [TRAFFIC, ADS, MIXED, MIXED_HISTORY], ids=["traffic", "ads", "mixed", "history"]
+)
 def test_encode_tf_equals_encode_batch(config):
     rows = export.probe_rows(config, n=200, seed=3)
     expected = encode_batch(rows, config)
@@ -128,3 +144,18 @@ def test_a_model_of_another_width_is_refused(tmp_path):
 
     with pytest.raises(ValueError, match="feature width"):
         export.export_saved_model(build_model(TRAFFIC), str(tmp_path / "sm"), ADS)
+
+
+def test_history_features_are_extra_named_float_inputs(tmp_path):
+    import tensorflow as tf
+
+    registry, version, model = _published(tmp_path, MIXED_HISTORY)
+    raw = tf.saved_model.load(registry.saved_model_path(version)).signatures["serving_default"]
+    _, inputs = raw.structured_input_signature
+    names = [s.name for s in MIXED_HISTORY.history_features]
+    assert all(inputs[name].dtype == tf.float32 for name in names)
+    rows = export.probe_rows(MIXED_HISTORY, n=30, seed=4)
+    assert any(row["y_last"] is None for row in rows)  # missing history is probed too
+    expected = model.predict(encode_batch(rows, MIXED_HISTORY), verbose=0)
+    got = raw(**export.raw_inputs(rows, MIXED_HISTORY))["prediction"].numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-5)

@@ -18,9 +18,10 @@ END = 1_767_225_600.0  # 2026-01-01T00:00:00Z
 FAST_MODEL = {"epochs": 3, "min_steps": 40, "early_stopping_patience": 0}
 
 
-def traffic_config(**retraining):
+def traffic_config(history=None, **retraining):
     with open("configs/traffic.yaml", encoding="utf-8") as f:
         raw = yaml.safe_load(f)
+    raw["history_features"] = history
     raw["retraining"] = {
         "min_new_examples": 110,
         "min_interval_seconds": 0,
@@ -205,3 +206,46 @@ def test_rejection_kind_names_the_failing_check():
     assert bt.rejection_kind(reasons) == "worse_than_current"
     assert bt.rejection_kind(["data validation: too_few_rows"]) == "data_validation"
     assert bt.rejection_kind(["accuracy 0.7 is below the floor 0.8"]) == "min_accuracy"
+
+
+HISTORY = {
+    "occ_mean_3": {"of": "occupancy", "agg": "mean", "last": 3},
+    "last_congested": {"agg": "last_label"},
+}
+
+
+def test_history_features_in_event_time_order_stored_and_encoded(tmp_path):
+    from model.features import encode_features, feature_dim
+    from tests.helpers import traffic_payload
+
+    config = traffic_config(HISTORY)
+    rows = []
+    for i in range(12):  # written out of order: the replay sorts by event time
+        for s in ("S1", "S2"):
+            occupancy = 0.05 * i if s == "S1" else 0.05
+            rows.append(
+                traffic_payload(s, END - 3600 + 60 * i, occupancy=occupancy, congested=i % 2)
+            )
+    path = write_jsonl(tmp_path / "h.jsonl", list(reversed(rows)))
+    replay = load_replay(path, config, 0.25)
+    assert replay.invalid_examples == []
+    assert replay.x.shape == (24, feature_dim(config)) == (24, 9)
+    s1 = [i for i in range(24) if replay.keys[i] == "S1"]
+    got = [
+        (replay.training_rows[i]["occ_mean_3"], replay.training_rows[i]["last_congested"])
+        for i in s1
+    ]
+    assert got[0] == (None, None)  # the first event: no history
+    assert got[1] == (0.0, 0.0)
+    assert got[4] == (pytest.approx(0.1), 1.0)  # mean of 0.05, 0.1, 0.15; event 3's label
+    for i in range(24):  # the row the trainer reads encodes to what was predicted
+        assert encode_features(replay.training_rows[i], config).tolist() == replay.x[i].tolist()
+
+
+def test_a_policy_with_history_features_never_leaks(traffic_file):
+    config = traffic_config(HISTORY)
+    replay = load_replay(traffic_file, config, 0.15)
+    first = bt.first_model(config, replay, OPTS)
+    run = bt.run_policy("configured", config, config.retraining, replay, first, OPTS)
+    assert run.promotions >= 2, run.runs
+    assert_no_leakage(replay, run)
