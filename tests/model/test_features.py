@@ -18,7 +18,7 @@ from tests.helpers import T0, TRAFFIC, traffic_payload
 def test_traffic_encoding_scales_numbers_and_one_hots_categories():
     row = traffic_payload(vehicle_count=100, mean_speed_kmh=50.0, occupancy=0.5, hour_of_day=6.0)
     vector = encode_features(row, TRAFFIC)
-    assert vector.dtype == np.float32 and vector.shape == (feature_dim(TRAFFIC),) == (8,)
+    assert vector.dtype == np.float32 and vector.shape == (feature_dim(TRAFFIC),) == (7,)
     columns = feature_columns(TRAFFIC)
     as_dict = dict(zip(columns, vector.tolist(), strict=True))
     assert as_dict["vehicle_count"] == pytest.approx(0.25)
@@ -26,9 +26,6 @@ def test_traffic_encoding_scales_numbers_and_one_hots_categories():
     assert as_dict["occupancy"] == pytest.approx(0.5)
     assert as_dict["hour_of_day"] == pytest.approx(0.25)
     assert [as_dict[f"road_type={v}"] for v in ("highway", "arterial", "local")] == [0, 1, 0]
-    # The history feature (congested_rate_5): no previous reading -> the default 0.5.
-    assert as_dict["congested_rate_5"] == 0.5
-    assert encode_features({**row, "congested_rate_5": 0.2}, TRAFFIC)[-1] == np.float32(0.2)
 
 
 SPAM = config_from_dict(

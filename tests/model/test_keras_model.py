@@ -51,7 +51,7 @@ def test_architectures_and_standardization():
 
     config = config_with({"feature_scaling": "standardize", "epochs": 1, "min_steps": 1})
     model = build_model(config)
-    x = np.random.default_rng(0).normal(5.0, 2.0, (64, 8)).astype(np.float32)
+    x = np.random.default_rng(0).normal(5.0, 2.0, (64, 7)).astype(np.float32)
     fit(model, x, (x[:, 0] > 5).astype(np.float32))
     mean = model.get_layer("standardize").mean.numpy().ravel()
     np.testing.assert_allclose(mean, x.mean(axis=0), rtol=1e-4)
@@ -63,7 +63,7 @@ def test_architectures_and_standardization():
 def test_epochs_from_the_config_override_the_trainer_default():
     from model.keras_model import build_model, fit
 
-    x = np.zeros((40, 8), dtype=np.float32)
+    x = np.zeros((40, 7), dtype=np.float32)
     y = np.zeros(40, dtype=np.float32)
     history = fit(build_model(config_with({"epochs": 2, "min_steps": 0})), x, y, epochs=8)
     assert len(history.history["loss"]) == 2
@@ -81,7 +81,7 @@ def test_auto_scaling_standardizes_only_numbers_without_a_config_range():
     raw["model"] = {"epochs": 1, "min_steps": 1}
     config = config_from_dict(raw, source="test")
     model = build_model(config)
-    x = np.random.default_rng(0).normal(50.0, 10.0, (64, 8)).astype(np.float32)
+    x = np.random.default_rng(0).normal(50.0, 10.0, (64, 7)).astype(np.float32)
     fit(model, x, (x[:, 0] > 50).astype(np.float32))
     layer = model.get_layer("standardize")
     mean, variance = layer.mean.numpy().ravel(), layer.variance.numpy().ravel()
