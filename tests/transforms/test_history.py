@@ -10,6 +10,7 @@ from apache_beam.transforms.window import TimestampedValue
 
 from dataset.config import config_from_dict
 from tests.helpers import T0, traffic_payload
+from tests.transforms.state_doubles import Cell, Timer
 from transforms.history import AttachHistory, _HistoryFn
 from transforms.validation import validate_payload
 
@@ -68,31 +69,9 @@ def test_history_per_key_in_order_and_idle_keys_are_cleared_by_the_timer():
         assert_that(out, equal_to(expected))
 
 
-class _Cell:
-    def __init__(self):
-        self.value = None
-
-    def read(self):
-        return self.value
-
-    def write(self, value):
-        self.value = value
-
-    def clear(self):
-        self.value = None
-
-
-class _Timer:
-    def __init__(self):
-        self.at = None
-
-    def set(self, at):
-        self.at = at
-
-
 def test_held_state_is_always_covered_by_a_timer_that_clears_it():
     fn = _HistoryFn(CONFIG, TTL)
-    state, timer = _Cell(), _Timer()
+    state, timer = Cell(), Timer()
     latest = T0
     for i, t in enumerate(
         [T0, T0 + 300, T0 + 100]

@@ -7,6 +7,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms.window import TimestampedValue
 
 from tests.helpers import ADS, T0, TRAFFIC, traffic_payload
+from tests.transforms.state_doubles import Cell, Timer
 from transforms.labeling import BuildTrainingExamples, _JoinLabelFn, training_row
 from transforms.validation import DEAD_LETTER, validate_payload
 
@@ -94,30 +95,6 @@ def test_inline_labels_make_examples_and_skip_unlabeled():
         assert_that(out["examples"] | beam.Map(lambda r: r["example_id"]), equal_to(["a"]))
         assert_that(out[DEAD_LETTER], equal_to([]), label="NoDeadLetters")
 
-
-class _Cell:
-    """A stand-in for one key's state cell."""
-
-    def __init__(self):
-        self.value = None
-
-    def read(self):
-        return self.value
-
-    def write(self, value):
-        self.value = value
-
-    def clear(self):
-        self.value = None
-
-
-class _Timer:
-    def __init__(self):
-        self.at = None
-
-    def set(self, timestamp):
-        self.at = timestamp
-
     def clear(self):
         self.at = None
 
@@ -147,8 +124,8 @@ def test_join_state_is_always_covered_by_a_timer_that_clears_it(sequence):
     """Memory bound: after every element, a key that holds any state has its
     expiry timer set, and that timer leaves every cell of the key empty."""
     fn = _JoinLabelFn(ADS)
-    cells = {"features_state": _Cell(), "label_state": _Cell(), "joined_state": _Cell()}
-    timer = _Timer()
+    cells = {"features_state": Cell(), "label_state": Cell(), "joined_state": Cell()}
+    timer = Timer()
     for kind in sequence:
         record = _features() if kind == "features" else _label()
         list(fn.process(("k", record), expiry=timer, **cells))

@@ -9,6 +9,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms.window import TimestampedValue
 
 from tests.helpers import ADS, T0
+from tests.transforms.state_doubles import Cell, Timer
 from transforms.quality import (
     JOIN_EXPIRY_SLACK_SECONDS,
     JoinPredictionsWithLabels,
@@ -174,30 +175,6 @@ def test_late_pairs_update_a_window_in_one_throttled_pane_with_its_index():
         )
 
 
-class _Cell:
-    """A stand-in for one key's state cell."""
-
-    def __init__(self):
-        self.value = None
-
-    def read(self):
-        return self.value
-
-    def write(self, value):
-        self.value = value
-
-    def clear(self):
-        self.value = None
-
-
-class _Timer:
-    def __init__(self):
-        self.at = None
-
-    def set(self, timestamp):
-        self.at = timestamp
-
-
 @pytest.mark.parametrize(
     "sequence",
     [
@@ -216,8 +193,8 @@ def test_join_state_is_always_covered_by_a_timer_that_clears_it(sequence):
     fn = _JoinPredictionLabelFn(
         "converted", ADS.label.max_delay_seconds + JOIN_EXPIRY_SLACK_SECONDS
     )
-    cells = {"prediction_state": _Cell(), "label_state": _Cell()}
-    timer = _Timer()
+    cells = {"prediction_state": Cell(), "label_state": Cell()}
+    timer = Timer()
     for i, side in enumerate(sequence):
         row = (
             {"example_id": "x", "model_version": "v1", "prediction": 0.4}
