@@ -25,7 +25,6 @@ they change.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import inspect
 import logging
 import os
@@ -36,6 +35,9 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from local import accelerate_state
+from local.patching import original as _original
+from local.patching import set_attr as _set
+from local.patching import source_sha256, undo_all
 
 _LOG = logging.getLogger(__name__)
 
@@ -54,24 +56,8 @@ _NO_EXTRACTION_SHA256 = "ddc5e69fd2d1c598d15bb4340fa2581bebd126bdd1bb34a4bc6bfa5
 _STATE_COPY_SHA256 = "ee2487c6676bf0d0826d043954973486fa7e80f71f4c4276707b3a88eac1c94e"
 
 _lock = threading.RLock()
-_originals: list[tuple[Any, str, Any]] = []  # (owner, attribute, original value)
 _applied: set[str] = set()
 _pull_size = DEFAULT_PULL_SIZE
-
-
-def source_sha256(fn: Callable) -> str:
-    """The sha256 of a function's source (to detect a changed Beam internal)."""
-    return hashlib.sha256(inspect.getsource(fn).encode()).hexdigest()
-
-
-_MISSING = object()  # the attribute was inherited, not the owner's own
-
-
-def _set(owner: Any, name: str, value: Any) -> None:
-    """Replaces ``owner.name``, remembering the original for ``restore``."""
-    if not any(o is owner and n == name for o, n, _ in _originals):
-        _originals.append((owner, name, vars(owner).get(name, _MISSING)))
-    setattr(owner, name, value)
 
 
 # ----------------------------------------------------------------- Pub/Sub pulls
@@ -617,13 +603,6 @@ def check_beam_internals() -> list[str]:
     return problems + accelerate_state.check_internals()
 
 
-def _original(owner: Any, name: str) -> Any:
-    for o, n, value in _originals:
-        if o is owner and n == name and value is not _MISSING:
-            return value
-    return getattr(owner, name)
-
-
 def pull_size_from_env(default: int = DEFAULT_PULL_SIZE) -> int:
     """``LOCAL_PUBSUB_PULL_SIZE`` (a positive integer), else ``default``."""
     raw = os.environ.get(PULL_SIZE_ENV, "").strip()
@@ -698,12 +677,7 @@ def restore() -> None:
     """Undoes every patch and drops the caches; pooled DoFns are torn down."""
     global _pull_size
     with _lock:
-        for owner, name, value in reversed(_originals):
-            if value is _MISSING:
-                delattr(owner, name)
-            else:
-                setattr(owner, name, value)
-        _originals.clear()
+        undo_all()
         _applied.clear()
         _spec_cache.clear()
         _shared_wrappers.clear()

@@ -25,9 +25,11 @@ Neither changes what the pipeline outputs (tests/local/test_accelerate_state.py)
 
 from __future__ import annotations
 
-import hashlib
-import inspect
 from typing import Any
+
+from local.patching import original as _original
+from local.patching import set_attr as _set
+from local.patching import source_sha256
 
 _WINDOW_IDS_TAG = "window_ids"  # MergeableStateAdapter.WINDOW_IDS
 
@@ -104,8 +106,6 @@ def forget_empty_keys() -> None:
     evaluation context's and the step's watermark locks all the same.
     """
     from apache_beam.runners.direct.evaluation_context import EvaluationContext
-
-    from local.accelerate import _set
 
     original = EvaluationContext.handle_result
 
@@ -185,8 +185,6 @@ def expired_window_gc() -> None:
     """
     from apache_beam.runners.direct import transform_evaluator as te
 
-    from local.accelerate import _set
-
     original = te._StreamingGroupAlsoByWindowEvaluator.process_element
 
     def process_element(self, element):
@@ -223,8 +221,6 @@ def check_internals() -> list[str]:
     from apache_beam.runners.direct import transform_evaluator as te
     from apache_beam.transforms import trigger
 
-    from local.accelerate import _original
-
     owners = {
         "EvaluationContext": ec.EvaluationContext,
         "DirectStepContext": ec.DirectStepContext,
@@ -239,7 +235,7 @@ def check_internals() -> list[str]:
     for qualname, expected in _SOURCE_SHA256.items():
         owner_name, name = qualname.split(".")
         fn = _original(owners[owner_name], name)
-        digest = hashlib.sha256(inspect.getsource(fn).encode()).hexdigest()
+        digest = source_sha256(fn)
         if digest != expected:
             problems.append(f"{qualname} changed (source hash); review local.accelerate_state")
     return problems

@@ -1,0 +1,46 @@
+"""Bookkeeping for the local runner's patches: replace attributes, remember, undo.
+
+Shared by ``local.accelerate`` and ``local.accelerate_state`` (which patch Beam's
+legacy DirectRunner for local runs only), so both record their changes in one place
+and ``local.accelerate.restore`` undoes them all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+_MISSING = object()  # the attribute was inherited, not the owner's own
+_originals: list[tuple[Any, str, Any]] = []  # (owner, attribute, original value)
+
+
+def source_sha256(fn: Callable) -> str:
+    """The sha256 of a function's source (to detect a changed Beam internal)."""
+    return hashlib.sha256(inspect.getsource(fn).encode()).hexdigest()
+
+
+def set_attr(owner: Any, name: str, value: Any) -> None:
+    """Replaces ``owner.name``, remembering the original for ``undo_all``."""
+    if not any(o is owner and n == name for o, n, _ in _originals):
+        _originals.append((owner, name, vars(owner).get(name, _MISSING)))
+    setattr(owner, name, value)
+
+
+def original(owner: Any, name: str) -> Any:
+    """``owner.name`` as it was before any patch (its current value if unpatched)."""
+    for o, n, value in _originals:
+        if o is owner and n == name and value is not _MISSING:
+            return value
+    return getattr(owner, name)
+
+
+def undo_all() -> None:
+    """Puts back every replaced attribute, newest first."""
+    for owner, name, value in reversed(_originals):
+        if value is _MISSING:
+            delattr(owner, name)
+        else:
+            setattr(owner, name, value)
+    _originals.clear()
