@@ -8,7 +8,8 @@
 #                       [--drift-after SECONDS] [--replay FILE [--bootstrap-rows N]]
 #                       [--setup-only] [-- EXTRA PIPELINE ARGS...]
 #
-#   --duration SECONDS  publish for SECONDS, drain (max DRAIN_SECONDS, 120), stop.
+#   --duration SECONDS  publish for SECONDS, drain (until caught up; gives up after
+#                       DRAIN_SECONDS, 120, without progress, or DRAIN_MAX_SECONDS, 900), stop.
 #                       Default: run until Ctrl-C (with --replay: until the file ends).
 #   --config PATH       dataset config (default configs/traffic.yaml)
 #   --rate N            events per second (default 10; the local runner sustains ~12-15)
@@ -29,7 +30,7 @@
 #
 # Environment: PUBSUB_PORT (8085), BQ_REST_PORT (9050), BQ_GRPC_PORT (9060),
 # PROJECT (local-project), TOPIC, SUBSCRIPTION, BQ_DATASET (derived from the
-# config name), DRAIN_SECONDS (120), PROGRESS_SECONDS (10),
+# config name), DRAIN_SECONDS (120), DRAIN_MAX_SECONDS (900), PROGRESS_SECONDS (10),
 # RUN_LOCAL_STATE_DIR (.local/run), SIMULATOR_ARGS (extra simulator flags; not with --replay),
 # DAY_ORIGIN (epoch second the simulated day starts; default: 05:00 at start-up).
 # Logs: <state dir>/pipeline.log, simulator.log, *-emulator.log.
@@ -37,7 +38,7 @@
 set -Eeuo pipefail
 cd "$(dirname "$0")"
 
-usage() { sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'; }
 
 DURATION=""
 DRIFT_AFTER=""
@@ -87,6 +88,7 @@ PUBSUB_PORT="${PUBSUB_PORT:-8085}"
 BQ_REST_PORT="${BQ_REST_PORT:-9050}"
 BQ_GRPC_PORT="${BQ_GRPC_PORT:-9060}"
 DRAIN_SECONDS="${DRAIN_SECONDS:-120}"
+DRAIN_MAX_SECONDS="${DRAIN_MAX_SECONDS:-900}"
 PROGRESS_SECONDS="${PROGRESS_SECONDS:-10}"
 STATS_FILE="$STATE_DIR/publisher-stats.json"
 IDS_FILE="$STATE_DIR/published-ids.txt"  # every published message id, for reconciliation
@@ -479,8 +481,9 @@ if [ "$sim_rc" -ne 0 ]; then
 fi
 running "$PIPELINE_PID" || pipeline_died
 
-say "simulator finished; draining (at most $DRAIN_SECONDS s)"
-summary_cmd $((DRAIN_SECONDS + 60)) --json --wait-drained "$DRAIN_SECONDS" --poll-seconds 5 >/dev/null 2>"$STATE_DIR/drain.log" &
+say "simulator finished; draining (while rows keep landing, at most $DRAIN_MAX_SECONDS s; gives up after $DRAIN_SECONDS s without progress)"
+summary_cmd $((DRAIN_MAX_SECONDS + 60)) --json --wait-drained "$DRAIN_SECONDS" --drain-max "$DRAIN_MAX_SECONDS" \
+  --poll-seconds 5 >/dev/null 2>"$STATE_DIR/drain.log" &
 HELPER_PID=$!
 drain_rc=0
 while running "$HELPER_PID"; do
@@ -495,7 +498,7 @@ if [ "$drain_rc" -eq 0 ]; then
   say "drained: dead letters caught up, training rows stopped growing, online quality covers the last window"
 else
   DRAINED=false
-  say "WARNING: not drained after $DRAIN_SECONDS s (see $STATE_DIR/drain.log); stopping anyway"
+  say "WARNING: not drained (stalled for $DRAIN_SECONDS s or $DRAIN_MAX_SECONDS s in all; see $STATE_DIR/drain.log); stopping anyway"
 fi
 RUN_STATUS="completed"
 exit 0

@@ -533,18 +533,41 @@ def is_drained(summary: Mapping[str, Any], previous: Mapping[str, Any] | None) -
     )
 
 
+_PROGRESS_KEYS = ("training_rows", "predictions", "dead_letters", "quality_rows")
+
+
+def made_progress(summary: Mapping[str, Any], previous: Mapping[str, Any] | None) -> bool:
+    """Whether any landed-row count grew since ``previous`` (a backlog being worked off)."""
+    if previous is None:
+        return False
+    return any((summary.get(key) or 0) > (previous.get(key) or 0) for key in _PROGRESS_KEYS)
+
+
 def wait_drained(
     build: Callable[[], dict[str, Any]],
     max_wait_seconds: float,
     poll_seconds: float = 5.0,
     report: Callable[[str], None] | None = None,
+    max_total_seconds: float | None = None,
 ) -> tuple[bool, dict[str, Any]]:
-    """Polls ``build()`` until ``is_drained`` or ``max_wait_seconds`` pass.
+    """Polls ``build()`` until ``is_drained``, or until it stalls or the cap passes.
+
+    Args:
+        build: makes one summary.
+        max_wait_seconds: how long to wait WITHOUT progress (no landed-row count
+            grew, see ``made_progress``); every poll that sees progress restarts
+            this allowance, so a pipeline working off a backlog is awaited.
+        poll_seconds: between polls.
+        report: called with a progress line per poll.
+        max_total_seconds: hard cap on the whole wait (default: ``max_wait_seconds``,
+            i.e. progress does not extend it).
 
     Returns:
         (drained?, last summary).
     """
-    deadline = time.monotonic() + max_wait_seconds
+    start = time.monotonic()
+    cap = start + max(max_total_seconds or 0.0, max_wait_seconds)
+    stall_deadline = start + max_wait_seconds
     previous: dict[str, Any] | None = None
     while True:
         current = build()
@@ -552,7 +575,10 @@ def wait_drained(
             report("draining: " + progress_line(current))
         if is_drained(current, previous):
             return True, current
-        if time.monotonic() + poll_seconds > deadline:
+        now = time.monotonic()
+        if made_progress(current, previous):
+            stall_deadline = now + max_wait_seconds
+        if now + poll_seconds > min(stall_deadline, cap):
             return False, current
         previous = current
         time.sleep(poll_seconds)
@@ -601,8 +627,15 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--wait-drained",
         type=float,
         metavar="SECONDS",
-        help="poll (printing progress to stderr) until drained or SECONDS pass; "
-        "exit code 0 if drained, 2 if not",
+        help="poll (printing progress to stderr) until drained, or until SECONDS pass "
+        "without progress (no landed-row count grew); exit code 0 if drained, 2 if not",
+    )
+    parser.add_argument(
+        "--drain-max",
+        type=float,
+        metavar="SECONDS",
+        help="with --wait-drained: give up after SECONDS in all, even while the pipeline "
+        "still makes progress (default: the --wait-drained allowance)",
     )
     parser.add_argument("--poll-seconds", type=float, default=5.0)
     parser.add_argument(
@@ -642,6 +675,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.wait_drained,
             args.poll_seconds,
             report=lambda line: print(line, file=sys.stderr, flush=True),
+            max_total_seconds=args.drain_max,
         )
         code = 0 if drained else 2
     else:

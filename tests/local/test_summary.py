@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import pytest
@@ -130,6 +131,44 @@ def test_wait_drained_gives_up():
     drained, last = summary.wait_drained(build, max_wait_seconds=0.3, poll_seconds=0.1)
     assert not drained
     assert last["training_rows"] == len(calls) >= 2
+
+
+def test_wait_drained_waits_while_a_backlog_is_worked_off():
+    # Rows keep landing for longer than the no-progress allowance: still awaited.
+    calls = []
+
+    def build():
+        calls.append(1)
+        rows = min(len(calls), 6)
+        return {"errors": [], "training_rows": rows, "dead_letters": 0, "malformed_published": 0}
+
+    drained, last = summary.wait_drained(
+        build, max_wait_seconds=0.25, poll_seconds=0.1, max_total_seconds=5
+    )
+    assert drained
+    assert last["training_rows"] == 6
+
+
+def test_wait_drained_stops_at_the_cap_despite_progress():
+    calls = []
+
+    def build():
+        calls.append(1)
+        return {"errors": [], "training_rows": len(calls), "dead_letters": 0}
+
+    started = time.monotonic()
+    drained, _ = summary.wait_drained(
+        build, max_wait_seconds=0.25, poll_seconds=0.05, max_total_seconds=0.6
+    )
+    assert not drained
+    assert time.monotonic() - started < 2
+
+
+def test_made_progress():
+    assert not summary.made_progress({"training_rows": 5}, None)
+    assert not summary.made_progress({"training_rows": 5}, {"training_rows": 5})
+    assert summary.made_progress({"predictions": 3}, {"predictions": 2})
+    assert summary.made_progress({"dead_letters": 1}, {})
 
 
 def _dead_letter(message_id: str) -> dict[str, Any]:
