@@ -1,11 +1,23 @@
 """One command for the benchmarks: ``python -m benchmarks.run`` -> ``benchmarks/results.json``.
 
-On one set of emulators, in one session, back to back:
+Parts (``--parts``, default all), back to back in one session:
 
-* the full pipeline live (``benchmarks.pipeline_throughput.measure``), stock
-  and accelerated, alternating, ``--reps`` times each (medians reported);
-* a bare ``ReadFromPubSub`` -> no-op pipeline over a pre-published backlog,
-  with the same runner settings (stock and accelerated), ``--reps`` times.
+* ``live``: on one set of emulators, the full pipeline live
+  (``benchmarks.pipeline_throughput.measure``), stock and accelerated,
+  alternating, ``--reps`` times each (medians reported), and a bare
+  ``ReadFromPubSub`` -> no-op pipeline over a pre-published backlog with the
+  same runner settings, ``--reps`` times;
+* ``inference``: what inline inference adds per element at batch 64
+  (``benchmarks.inference_cost``);
+* ``batch``: the whole graph on the batch runner over an in-process source
+  (``benchmarks.batch_cost``);
+* ``freshness``: label published -> first prediction by the model trained on
+  it, with its breakdown (``benchmarks.freshness``);
+* ``trainer``: trainer time and peak memory at 10k-1M rows
+  (``benchmarks.trainer_scale``).
+
+A part that fails is recorded under ``not_measured`` with its error; the
+others still run and are written.
 
 ``live_ratio_vs_bare_read`` = accelerated live rate / accelerated bare-read
 rate. Every measurement records the 1-minute load average before and after:
@@ -41,13 +53,20 @@ from benchmarks.pipeline_throughput import (
 
 RESULTS = ROOT / "benchmarks" / "results.json"
 
-NOT_MEASURED = {
-    "inference_us_per_element": "not measured yet (issue 11 item 4; the inference stage is "
-    "being changed by another engineer)",
-    "batch_us_per_element": "not measured yet (issue 11 item 6: batch runner over an "
-    "in-process source)",
-    "freshness_s": "not measured yet (issue 11 item 5: label-to-new-model-prediction breakdown)",
-    "trainer_rows": "not measured yet (issue 11 item 8: trainer time and memory at 10k-1M rows)",
+PARTS = ("live", "inference", "batch", "freshness", "trainer")
+# The top-level key(s) each part fills; None until it ran.
+PART_KEYS = {
+    "live": (
+        "live_events_per_s",
+        "live_ratio_vs_bare_read",
+        "latency_p50_s",
+        "latency_p99_s",
+        "pipeline_peak_rss_mib",
+    ),
+    "inference": ("inference_us_per_element",),
+    "batch": ("batch_us_per_element",),
+    "freshness": ("freshness_s",),
+    "trainer": ("trainer_rows",),
 }
 
 
@@ -158,26 +177,10 @@ def _log(message: str) -> None:
     print(f"[benchmarks {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reps", type=int, default=3, help="repetitions of each (3)")
-    parser.add_argument("--rate", type=float, default=200, help="offered events/s (200)")
-    parser.add_argument("--duration", type=float, default=30, help="publishing seconds (30)")
-    parser.add_argument("--drain", type=float, default=40, help="seconds allowed after (40)")
-    parser.add_argument("--bare-events", type=int, default=20000, help="bare-read backlog")
-    parser.add_argument("--skip-stock", action="store_true", help="accelerated only")
-    parser.add_argument(
-        "--ladder",
-        action="store_true",
-        help="also one live run per cumulative set of patches (order of local.accelerate.PATCHES)",
-    )
-    parser.add_argument("--out", default=str(RESULTS))
-    args = parser.parse_args(argv)
-    if args.reps < 1:
-        parser.error("--reps must be >= 1")
+def _live(args: argparse.Namespace) -> tuple[dict, dict]:
+    """The live part: (top-level figures, details)."""
     from local.emulators import emulators
 
-    started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     modes = [True] if args.skip_stock else [False, True]
     live: dict[str, list[dict]] = {"stock": [], "accelerated": []}
     bare: dict[str, list[dict]] = {"stock": [], "accelerated": []}
@@ -210,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     fast_rate, stock_rate = median_of(fast, "events_per_s"), median_of(stock, "events_per_s")
     bare_fast = median_of(bare["accelerated"], "events_per_s")
     rss = [r["pipeline_peak_rss_mib"] for r in fast if r.get("pipeline_peak_rss_mib")]
-    results = {
+    figures = {
         "live_events_per_s": fast_rate,
         "live_events_per_s_stock": stock_rate,
         "speedup_vs_stock": round(fast_rate / stock_rate, 2) if fast_rate and stock_rate else None,
@@ -223,8 +226,8 @@ def main(argv: list[str] | None = None) -> int:
         "latency_p99_s": median_of(fast, "latency_p99_s"),
         "all_landed": all(r["all_landed"] for r in fast) if fast else None,
         "pipeline_peak_rss_mib": max(rss) if rss else None,
-        **dict.fromkeys(NOT_MEASURED),
-        "not_measured": NOT_MEASURED,
+    }
+    details = {
         "method": {
             "live": f"full graph (validation, aggregates, inference, quality, triggers, all "
             f"BigQuery sinks; --retrain_topic set, no launcher), 300 sensors, simulator "
@@ -237,15 +240,111 @@ def main(argv: list[str] | None = None) -> int:
             "shared_machine": "load1_before/after recorded per run; stock and accelerated "
             "alternate in one session",
         },
-        "machine": machine(),
-        "started_at": started,
-        "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "ladder": ladder,
         "runs": {"live": live, "bare_read": bare},
     }
-    Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
+    return figures, details
+
+
+def _inference(args: argparse.Namespace) -> tuple[dict, dict]:
+    from benchmarks import inference_cost
+
+    result = inference_cost.main(["--repeats", str(args.reps)])
+    return {"inference_us_per_element": result["inference_us_per_element"]}, result
+
+
+def _batch(args: argparse.Namespace) -> tuple[dict, dict]:
+    from benchmarks import batch_cost
+
+    result = batch_cost.measure(repeats=args.reps)
+    return {"batch_us_per_element": result["batch_us_per_element"]}, result
+
+
+def _freshness(args: argparse.Namespace) -> tuple[dict, dict]:
+    from benchmarks import freshness
+
+    result = freshness.measure()
+    return {"freshness_s": result["freshness_s"]}, result
+
+
+def _trainer(args: argparse.Namespace) -> tuple[dict, dict]:
+    from benchmarks import trainer_scale
+
+    result = trainer_scale.measure()
+    return {"trainer_rows": result["trainer_rows"]}, result
+
+
+RUNNERS = {
+    "live": _live,
+    "inference": _inference,
+    "batch": _batch,
+    "freshness": _freshness,
+    "trainer": _trainer,
+}
+
+
+def parse_parts(text: str) -> list[str]:
+    """``--parts`` value -> the parts to run, in ``PARTS`` order."""
+    wanted = {p.strip() for p in text.split(",") if p.strip()}
+    unknown = wanted - set(PARTS)
+    if unknown or not wanted:
+        raise argparse.ArgumentTypeError(
+            f"unknown part(s) {sorted(unknown)}; choose from {','.join(PARTS)}"
+            if unknown
+            else "no part given"
+        )
+    return [p for p in PARTS if p in wanted]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--parts",
+        type=parse_parts,
+        default=list(PARTS),
+        help=f"comma-separated subset of {','.join(PARTS)} (default: all)",
+    )
+    parser.add_argument("--reps", type=int, default=3, help="repetitions of each (3)")
+    parser.add_argument("--rate", type=float, default=200, help="offered events/s (200)")
+    parser.add_argument("--duration", type=float, default=30, help="publishing seconds (30)")
+    parser.add_argument("--drain", type=float, default=40, help="seconds allowed after (40)")
+    parser.add_argument("--bare-events", type=int, default=20000, help="bare-read backlog")
+    parser.add_argument("--skip-stock", action="store_true", help="accelerated only")
+    parser.add_argument(
+        "--ladder",
+        action="store_true",
+        help="also one live run per cumulative set of patches (order of local.accelerate.PATCHES)",
+    )
+    parser.add_argument("--out", default=str(RESULTS))
+    args = parser.parse_args(argv)
+    if args.reps < 1:
+        parser.error("--reps must be >= 1")
+    started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    results: dict = {key: None for part in PARTS for key in PART_KEYS[part]}
+    not_measured: dict[str, str] = {
+        part: "not run (--parts)" for part in PARTS if part not in args.parts
+    }
+    details: dict[str, dict] = {}
+    for part in args.parts:
+        _log(f"part {part}")
+        try:
+            figures, details[part] = RUNNERS[part](args)
+        except Exception as error:  # noqa: BLE001 - one failed part must not lose the others
+            _log(f"part {part} failed: {error!r}")
+            not_measured[part] = f"failed: {error!r}"
+            continue
+        results.update(figures)
+    results.update(
+        not_measured=not_measured,
+        machine=machine(),
+        load1_at_end=load1(),
+        started_at=started,
+        finished_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        details=details,
+    )
+    Path(args.out).write_text(json.dumps(results, indent=1, default=str) + "\n")
     _log(f"wrote {args.out}")
-    print(json.dumps({k: v for k, v in results.items() if k not in ("runs", "method")}))
+    print(json.dumps({k: v for k, v in results.items() if k != "details"}, default=str))
     return 0
 
 
