@@ -41,6 +41,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -208,7 +209,7 @@ def run_child(spec: dict[str, Any]) -> dict[str, Any]:
         project=PROJECT,
         bq_dataset=DATASET,
         registry=spec["registry"],
-        run_id=f"scale-{spec['rows']}-{spec['source']}",
+        run_id=f"scale-{spec['rows']}-{spec['source']}-{os.getpid()}",
         trigger_id="trainer-scale",
         epochs=spec["epochs"],
         training_file=spec["file"] if spec["source"] == "file" else None,
@@ -360,9 +361,10 @@ def measure(
                     "epochs": epochs,
                     "config": str(config),
                     "file": str(files[n]),
-                    "registry": str(tmp / f"registry-{n}-{source}"),
+                    "registry": tempfile.mkdtemp(prefix=f"registry-{n}-{source}-", dir=tmp),
                 }
                 entry = _measure_one(spec, env, timeout, max_rss_mib)
+                shutil.rmtree(spec["registry"], ignore_errors=True)
                 out["trainer_rows"].append(entry)
                 brief = {k: v for k, v in entry.items() if k != "detail"}
                 print(f"[trainer_scale] {json.dumps(brief)}", flush=True)
