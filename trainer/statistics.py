@@ -28,6 +28,11 @@ Histogram bins: ``HISTOGRAM_BINS`` equal bins between the feature's config
 min/max plus an underflow and an overflow bin, so out-of-range mass counts as
 drift too. Features without both bounds use the data's range; for comparisons
 the current rows are re-binned with the reference's edges.
+
+Rows come as a list of dicts or as a ``trainer.data.RowTable``; a table's
+number and string columns are summarised with numpy/Arrow a column at a time
+(``numeric_column``), with exactly the per-value results; other columns
+(lists, mixed types, bools) value by value.
 """
 
 from __future__ import annotations

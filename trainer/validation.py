@@ -76,6 +76,11 @@ Each anomaly is a dict ``{check, feature, detail, example_ids, severity}``
 (``example_ids``: up to ``MAX_EXAMPLE_IDS`` offending rows' ``example_id``, or
 ``row <index>`` when a row has none); ``severity`` is ``error`` (blocks) or
 ``warning``.
+
+A ``trainer.data.RowTable`` is checked column-wise: numpy/Arrow find the rows
+any check could flag (missing, mistyped, outside the domain), and the
+per-value checks run on those rows only, so the anomalies are the same as
+for the rows as dicts.
 """
 
 from __future__ import annotations
