@@ -82,13 +82,14 @@ def write_history(path: Path, rows: int, config_path: Path = CONFIG) -> int:
 
     config = load_config(str(config_path))
     first = END_TIME - rows / RATE
+    chunks = -(-rows // CHUNK)  # equal chunks: none below the simulator's minimum
     written = 0
     with open(path, "w", encoding="utf-8") as f:
-        while written < rows:
-            n = min(CHUNK, rows - written)
+        for k in range(chunks):
+            n = rows // chunks + (k < rows % chunks)
             end = first + (written + n) / RATE
             readings, _ = generate_history(config, n, end, rate=RATE, seed=7)
-            for row in training_rows(config, readings, end + 60.0, f"bench{written // CHUNK}"):
+            for row in training_rows(config, readings, end + 60.0, f"bench{k}"):
                 f.write(json.dumps(row, default=_rfc3339) + "\n")
             written += n
     return written
