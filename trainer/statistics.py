@@ -28,6 +28,11 @@ Histogram bins: ``HISTOGRAM_BINS`` equal bins between the feature's config
 min/max plus an underflow and an overflow bin, so out-of-range mass counts as
 drift too. Features without both bounds use the data's range; for comparisons
 the current rows are re-binned with the reference's edges.
+
+Rows come as a list of dicts or as a ``trainer.data.RowTable``; a table's
+number and string columns are summarised with numpy/Arrow a column at a time
+(``numeric_column``), with exactly the per-value results; other columns
+(lists, mixed types, bools) value by value.
 """
 
 from __future__ import annotations
@@ -38,14 +43,17 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 from tensorflow_metadata.proto.v0 import schema_pb2
 
 from dataset.config import DatasetConfig
 from dataset.times import event_seconds, rfc3339
+from trainer.data import RowTable, event_seconds_array
 from trainer.schema import (
     MISSING,
     domain_bounds,
     drift_threshold,
+    is_bool,
     is_list,
     is_missing,
     is_numeric,
@@ -98,14 +106,135 @@ def _category(value: Any) -> str:
     return str(value)
 
 
+def numeric_column(feature: schema_pb2.Feature, values: Any):
+    """``(present, well_typed, numbers)`` masks and float64 values of an Arrow number column.
+
+    None unless ``values`` is an Arrow integer or floating column and the feature
+    is an INT or FLOAT (then ``type_ok`` holds for every present value of an
+    integer column, and for the integral finite values of a floating column of
+    an INT feature): the column-wise form of the per-value checks.
+    """
+    if not isinstance(values, pa.Array) or is_bool(feature) or not is_numeric(feature):
+        return None
+    kind = values.type
+    if not (pa.types.is_integer(kind) or pa.types.is_floating(kind)):
+        return None
+    present = ~values.is_null().to_numpy(zero_copy_only=False)
+    numbers = values.fill_null(0).to_numpy(zero_copy_only=False).astype(np.float64)
+    typed = present
+    if pa.types.is_floating(kind) and feature.type == schema_pb2.INT:
+        with np.errstate(invalid="ignore"):
+            typed = present & np.isfinite(numbers) & (np.floor(numbers) == numbers)
+    return present, typed, numbers
+
+
+def _string_column(feature: schema_pb2.Feature, values: Any) -> pa.DictionaryArray | None:
+    """A string feature's Arrow string column, dictionary-encoded (first-seen order); else None."""
+    if not isinstance(values, pa.Array) or is_numeric(feature) or is_bool(feature):
+        return None
+    if feature.type != schema_pb2.BYTES or not (
+        pa.types.is_string(values.type) or pa.types.is_large_string(values.type)
+    ):
+        return None
+    return values.dictionary_encode()
+
+
+def _frequencies(labels: Sequence[str], counts: np.ndarray) -> tuple[dict[str, float], int]:
+    """``Counter.most_common`` frequencies of labels in first-seen order with ``counts``."""
+    order = np.argsort(-counts, kind="stable")
+    total = int(counts.sum())
+    frequencies = {labels[i]: int(counts[i]) / total for i in order[:MAX_CATEGORIES]}
+    rest = total - int(counts[order[:MAX_CATEGORIES]].sum())
+    if rest:
+        frequencies[OTHER_CATEGORY] = rest / total
+    return frequencies, len(labels)
+
+
+def _feature_stats_columnar(
+    feature: schema_pb2.Feature,
+    kind_name: str,
+    values: pa.Array,
+    edges: Sequence[float] | None,
+    categorical: bool,
+) -> dict[str, Any] | None:
+    """``feature_stats`` of an Arrow column, or None when only the per-value path applies."""
+    n = len(values)
+    numeric = numeric_column(feature, values)
+    strings = None if numeric is not None else _string_column(feature, values)
+    if numeric is None and strings is None:
+        return None
+    if numeric is not None:
+        present, typed, numbers = numeric
+        count = int(present.sum())
+        invalid = count - int(typed.sum())
+    else:
+        count = n - strings.null_count
+        invalid = 0
+    stats: dict[str, Any] = {
+        "type": kind_name,
+        "count": count,
+        "missing": n - count,
+        "missing_fraction": (n - count) / n if n else 0.0,
+        "invalid_type": invalid,
+    }
+    if numeric is not None and not categorical:
+        values_ok = numbers[typed]
+        finite = values_ok[np.isfinite(values_ok)]
+        stats["kind"] = "numeric"
+        stats["non_finite"] = int(values_ok.size - finite.size)
+        if finite.size:
+            stats.update(
+                mean=float(finite.mean()),
+                std=float(finite.std()),
+                min=float(finite.min()),
+                max=float(finite.max()),
+            )
+        else:
+            stats.update(mean=None, std=None, min=None, max=None)
+        if edges is None:
+            lo, hi = domain_bounds(feature)
+            edges = _default_edges(lo, hi, finite)
+        stats["histogram"] = _histogram(finite, edges)
+        return stats
+    stats["kind"] = "categorical"
+    if numeric is not None:  # a 0/1 label: "0"/"1" whether it came as int or float
+        ints = numbers[typed]
+        if not np.isfinite(ints).all():
+            return None
+        uniques, first, counts = np.unique(
+            np.trunc(ints).astype(np.int64), return_index=True, return_counts=True
+        )
+        seen = np.argsort(first, kind="stable")
+        labels = [str(int(u)) for u in uniques[seen]]
+        counts = counts[seen]
+    else:
+        labels = [str(v) for v in strings.dictionary.to_pylist()]
+        indexes = strings.indices.drop_null().to_numpy(zero_copy_only=False)
+        counts = np.bincount(indexes, minlength=len(labels))
+    frequencies, unique = _frequencies(labels, counts) if len(labels) else ({}, 0)
+    stats["unique"] = unique
+    stats["frequencies"] = frequencies
+    return stats
+
+
 def feature_stats(
     feature: schema_pb2.Feature,
     kind_name: str,
-    column: Sequence[Any],
+    column: Sequence[Any] | pa.Array,
     edges: Sequence[float] | None = None,
     categorical: bool = False,
 ) -> dict[str, Any]:
-    """Statistics of one column (well-typed scalar values only)."""
+    """Statistics of one column (well-typed scalar values only).
+
+    ``column`` is a sequence of values or an Arrow array (``column`` of a
+    ``RowTable``): number and string columns are summarised column-wise with
+    the same results; anything else value by value.
+    """
+    if isinstance(column, pa.Array):
+        fast = _feature_stats_columnar(feature, kind_name, column, edges, categorical)
+        if fast is not None:
+            return fast
+        column = column.to_pylist()
     n = len(column)
     present = [v for v in column if not is_missing(v)]
     scalars = [v for v in present if not is_list(v) and type_ok(feature, v)]
@@ -151,7 +280,14 @@ def feature_stats(
     return stats
 
 
-def column(rows: Sequence[Row], name: str) -> list[Any]:
+def column(rows: Sequence[Row], name: str) -> Sequence[Any] | pa.Array:
+    """The values of ``name`` in every row (``MISSING`` where absent).
+
+    For a ``RowTable`` that has the column: the Arrow array itself (NULL where absent).
+    """
+    if isinstance(rows, RowTable):
+        values = rows.column(name)
+        return [MISSING] * len(rows) if values is None else values
     return [row.get(name, MISSING) for row in rows]
 
 
@@ -188,15 +324,9 @@ def compute_statistics(
     schema = schema or schema_from_config(config)
     edges = edges or {}
     out: dict[str, Any] = {"rows": len(rows), "features": {}}
-    times = []
-    for row in rows:
-        if row.get("event_time") is not None:
-            try:
-                times.append(event_seconds(row))
-            except (TypeError, ValueError):
-                pass
-    if times:
-        out["event_time"] = {"start": rfc3339(min(times)), "end": rfc3339(max(times))}
+    times = _event_times(rows)
+    if len(times):
+        out["event_time"] = {"start": rfc3339(float(min(times))), "end": rfc3339(float(max(times)))}
     for feature in schema.feature:
         is_label = feature.name == config.label.field
         stats = feature_stats(
@@ -211,6 +341,22 @@ def compute_statistics(
         else:
             out["features"][feature.name] = stats
     return out
+
+
+def _event_times(rows: Sequence[Row]) -> Sequence[float]:
+    """The event times (epoch seconds) of the rows that have a readable one."""
+    if isinstance(rows, RowTable):
+        values = rows.column("event_time")
+        if values is not None and pa.types.is_timestamp(values.type) and not values.null_count:
+            return event_seconds_array(rows)
+    times = []
+    for row in rows:
+        if row.get("event_time") is not None:
+            try:
+                times.append(event_seconds(row))
+            except (TypeError, ValueError):
+                pass
+    return times
 
 
 # -------------------------------------------------------------------------- drift

@@ -76,6 +76,11 @@ Each anomaly is a dict ``{check, feature, detail, example_ids, severity}``
 (``example_ids``: up to ``MAX_EXAMPLE_IDS`` offending rows' ``example_id``, or
 ``row <index>`` when a row has none); ``severity`` is ``error`` (blocks) or
 ``warning``.
+
+A ``trainer.data.RowTable`` is checked column-wise: numpy/Arrow find the rows
+any check could flag (missing, mistyped, outside the domain), and the
+per-value checks run on those rows only, so the anomalies are the same as
+for the rows as dicts.
 """
 
 from __future__ import annotations
@@ -84,9 +89,13 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 from tensorflow_metadata.proto.v0 import schema_pb2
 
 from dataset.config import VALIDATION_CHECKS, DatasetConfig
+from trainer.data import RowTable
 from trainer.schema import (
     MISSING,
     domain_bounds,
@@ -103,6 +112,7 @@ from trainer.statistics import (
     drift_distances,
     jensen_shannon_distance,  # noqa: F401 (re-exported)
     l_infinity_distance,  # noqa: F401 (re-exported)
+    numeric_column,
     reference_of,
     with_reference,
 )
@@ -155,6 +165,17 @@ def is_constant(lo: float | None, hi: float | None) -> bool:
 def _row_id(row: Row, index: int) -> str:
     example_id = row.get("example_id")
     return str(example_id) if example_id not in (None, "") else f"row {index}"
+
+
+class _RowIds:
+    """``_row_id`` of a ``RowTable``'s rows, looked up only for the rows an anomaly names."""
+
+    def __init__(self, rows: RowTable):
+        self.values = rows.column("example_id")
+
+    def __getitem__(self, index: int) -> str:
+        value = None if self.values is None else self.values[int(index)].as_py()
+        return str(value) if value not in (None, "") else f"row {index}"
 
 
 def _anomaly(
@@ -210,12 +231,59 @@ class ValidationResult:
         return "; ".join(parts)
 
 
-def _check_column(
-    feature: schema_pb2.Feature, column: Sequence[Any], ids: Sequence[str], is_label: bool
+def _suspects(feature: schema_pb2.Feature, values: pa.Array) -> np.ndarray | None:
+    """Positions of an Arrow column that any check of ``_check_column`` could flag.
+
+    A superset (missing, mistyped or outside the domain), found column-wise; None
+    for a column only the per-value checks can judge (lists, mixed types, bools).
+    """
+    numeric = numeric_column(feature, values)
+    if numeric is not None:
+        present, typed, numbers = numeric
+        ok = typed & np.isfinite(numbers)
+        lo, hi = domain_bounds(feature)
+        if lo is not None:
+            ok &= numbers >= lo
+        if hi is not None:
+            ok &= numbers <= hi
+        return np.flatnonzero(~(present & ok))
+    if feature.type != schema_pb2.BYTES or feature.WhichOneof("domain_info") == "bool_domain":
+        return None
+    if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
+        return None
+    bad = values.is_null()
+    if feature.WhichOneof("domain_info") == "string_domain":
+        allowed = pa.array(list(feature.string_domain.value), type=values.type)
+        bad = pc.or_(bad, pc.invert(pc.is_in(values, value_set=allowed)))
+    return np.flatnonzero(bad.fill_null(True).to_numpy(zero_copy_only=False))
+
+
+def _check_arrow_column(
+    feature: schema_pb2.Feature, values: pa.Array, ids: Any, is_label: bool
 ) -> list[dict[str, Any]]:
-    """Presence, value count, type and domain anomalies of one column."""
+    """``_check_column`` of an Arrow column: the per-value checks run on the suspects only."""
+    suspects = _suspects(feature, values)
+    if suspects is None:
+        return _check_column(feature, values.to_pylist(), ids, is_label)
+    sub = values.take(pa.array(suspects, type=pa.int64())).to_pylist()
+    return _check_column(feature, sub, ids, is_label, n=len(values), positions=suspects)
+
+
+def _check_column(
+    feature: schema_pb2.Feature,
+    column: Sequence[Any],
+    ids: Any,
+    is_label: bool,
+    n: int | None = None,
+    positions: Sequence[int] | None = None,
+) -> list[dict[str, Any]]:
+    """Presence, value count, type and domain anomalies of one column.
+
+    ``column`` may hold only some rows' values (``positions``: their row
+    indexes; ``n``: the number of rows), when the others are known to pass.
+    """
     name = feature.name
-    n = len(column)
+    n = len(column) if n is None else n
     missing = [i for i, v in enumerate(column) if is_missing(v)]
     if len(missing) == n:
         absent = all(v is MISSING for v in column)
@@ -226,9 +294,10 @@ def _check_column(
 
     def flag(check: str, detail: str, rows: Sequence[int]) -> None:
         """One anomaly of this column (always ``label`` for the label) naming ``rows``."""
-        anomalies.append(
-            _anomaly("label" if is_label else check, name, detail, [ids[i] for i in rows])
-        )
+        shown = rows[:MAX_EXAMPLE_IDS]  # _anomaly keeps no more
+        at = shown if positions is None else [positions[i] for i in shown]
+        check = "label" if is_label else check
+        anomalies.append(_anomaly(check, name, detail, [ids[i] for i in at]))
 
     present_fraction = (n - len(missing)) / n
     if missing and present_fraction < feature.presence.min_fraction:
@@ -425,37 +494,42 @@ def validate(
     if n == 0:
         return _result(anomalies, statistics, {}, level)
 
-    ids = [_row_id(row, i) for i, row in enumerate(rows)]
     expected = _expected_columns(config, schema)
-    unexpected: dict[str, list[int]] = {}
-    for i, row in enumerate(rows):
-        for key in row:
+    unexpected: dict[str, Sequence[int]] = {}
+    if isinstance(rows, RowTable):
+        ids: Any = _RowIds(rows)
+        for key in rows.column_names:
             if key not in expected:
-                unexpected.setdefault(key, []).append(i)
+                present = ~rows.column(key).is_null().to_numpy(zero_copy_only=False)
+                if present.any():
+                    unexpected[key] = np.flatnonzero(present)
+    else:
+        ids = [_row_id(row, i) for i, row in enumerate(rows)]
+        for i, row in enumerate(rows):
+            for key in row:
+                if key not in expected:
+                    unexpected.setdefault(key, []).append(i)
     for key, indexes in sorted(unexpected.items()):
         anomalies.append(
             _anomaly(
                 "unexpected_feature",
                 key,
                 f"column not in the schema, present in {len(indexes)} of {n} rows",
-                [ids[i] for i in indexes],
+                [ids[i] for i in indexes[:MAX_EXAMPLE_IDS]],
             )
         )
 
     for feature in schema.feature:
         is_label = feature.name == config.label.field
-        anomalies.extend(_check_column(feature, column(rows, feature.name), ids, is_label))
+        values = column(rows, feature.name)
+        if isinstance(values, pa.Array):
+            anomalies.extend(_check_arrow_column(feature, values, ids, is_label))
+        else:
+            anomalies.extend(_check_column(feature, values, ids, is_label))
 
     if config.label.task == "binary_classification":
         label_feature = next(f for f in schema.feature if f.name == config.label.field)
-        classes = {
-            int(float(v))
-            for v in column(rows, config.label.field)
-            if not is_missing(v)
-            and not is_list(v)
-            and type_ok(label_feature, v)
-            and in_domain(label_feature, v) is None
-        }
+        classes = _classes(label_feature, column(rows, config.label.field))
         if len(classes) == 1:
             anomalies.append(
                 _anomaly(
@@ -472,6 +546,26 @@ def validate(
     anomalies.extend(_constant_features(statistics, previous_stats))
     statistics = with_reference(statistics, rows, config, previous_stats, schema)
     return _result(anomalies, statistics, drift, level)
+
+
+def _classes(feature: schema_pb2.Feature, values: Sequence[Any] | pa.Array) -> set[int]:
+    """The distinct valid labels (``int(float(v))``) of a binary classification column."""
+    if isinstance(values, pa.Array):
+        suspects = _suspects(feature, values)
+        numeric = numeric_column(feature, values)
+        if suspects is not None and numeric is not None:
+            ok = np.ones(len(values), dtype=bool)
+            ok[suspects] = False
+            return {int(c) for c in np.unique(np.trunc(numeric[2][ok]))}
+        values = values.to_pylist()
+    return {
+        int(float(v))
+        for v in values
+        if not is_missing(v)
+        and not is_list(v)
+        and type_ok(feature, v)
+        and in_domain(feature, v) is None
+    }
 
 
 def _result(

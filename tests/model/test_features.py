@@ -129,3 +129,18 @@ def test_strings_without_values_hash_stably_and_bools_are_binary():
     a = encode_features({"lang": "en", "has_link": True}, cfg)
     assert a.sum() == 2.0 and a[-1] == 1.0
     assert np.array_equal(a, encode_features({"lang": "en", "has_link": True}, cfg))
+
+
+def test_column_wise_batches_encode_to_the_same_vectors():
+    """encode_batch over a RowTable (the trainer's columns) == row by row, bit for bit."""
+    from trainer.data import RowTable
+
+    traffic = _traffic_payloads() * 3
+    traffic[1] = dict(traffic[1], vehicle_count=900, mean_speed_kmh=-5.0)  # clipped
+    spam = [*_spam_payloads(), dict(_spam_payloads()[0], lang="fr", has_link=None, score=7)]
+    for rows, config in ((traffic, TRAFFIC), (spam, SPAM)):
+        table = RowTable.from_rows(rows)
+        got, want = encode_batch(table, config), encode_batch(rows, config)
+        assert got.dtype == want.dtype == np.float32
+        assert np.array_equal(got, want)
+        assert np.array_equal(label_array(table, config), label_array(rows, config))

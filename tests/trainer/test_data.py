@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import random
 
 import pytest
@@ -10,12 +11,16 @@ import pytest
 from dataset.config import load_config
 from simulator.traffic import TrafficSimulator
 from trainer.data import (
+    RowTable,
     event_seconds,
+    read_training_file,
     read_training_window,
+    select_window,
     split_by_time,
     time_range,
     to_datetime,
     window_query,
+    write_training_file,
 )
 from transforms.validation import utc_iso
 
@@ -242,3 +247,81 @@ def test_newest_rows_widen_the_bound_until_the_window_is_full():
     rows = read_training_window(client, "p", "d", TRAFFIC, rows=1, end=end, now=NOW)
     assert [r["event_time"] for r in rows] == [NOW - dt.timedelta(days=200)]
     assert client.queries[0] == {"start": end - dt.timedelta(days=2), "end": end, "rows": 1}
+
+
+def _file(tmp_path, rows) -> str:
+    path = str(tmp_path / "rows.jsonl")
+    write_training_file(path, rows)
+    return path
+
+
+def test_training_file_is_read_column_wise_with_the_window_rules(tmp_path):
+    rows = training_rows(400)
+    for i in range(0, 400, 9):  # ties on event time: example id orders them
+        rows[i]["event_time"] = rows[i - 1]["event_time"]
+    # Redelivered copies ingested later win; exact copies: the first in the file wins.
+    later = [
+        dict(r, congested=1 - r["congested"], ingestion_id=r["ingestion_id"] + "-again")
+        for r in rows[-30:-10]
+    ]
+    for r in later:
+        r["ingested_at"] = utc_iso(END + 60.0)
+    same_time = [dict(r, sensor_id="S9") for r in rows[5:8]]
+    everything = rows + later + same_time
+    random.Random(5).shuffle(everything)
+    path = _file(tmp_path, everything)
+    for bounds in (
+        {"rows": 100},
+        {"rows": 10_000},
+        {"start": rows[100]["event_time"], "end": rows[150]["event_time"]},
+        {"start": rows[300]["event_time"], "rows": 40},
+    ):
+        window = read_training_file(path, TRAFFIC, **bounds)
+        assert isinstance(window, RowTable)
+        expected = select_window(
+            everything, TRAFFIC, bounds.get("rows"), bounds.get("start"), bounds.get("end")
+        )
+        assert [r["example_id"] for r in window] == [r["example_id"] for r in expected]
+        assert list(window) == expected
+        assert time_range(window) == time_range(expected)
+
+
+def test_row_table_reads_like_a_list_of_rows(tmp_path):
+    rows = training_rows(50)
+    table = read_training_file(_file(tmp_path, rows), TRAFFIC, rows=50)
+    listed = select_window(rows, TRAFFIC, 50)
+    assert len(table) == 50 and table[0] == listed[0] and table[-1] == listed[-1]
+    assert list(table[10:20]) == listed[10:20]
+    assert [r["example_id"] for r in table.take([3, 1])] == [listed[3]["example_id"], "ex-1"]
+    assert isinstance(table[0]["event_time"], dt.datetime)
+    with pytest.raises(IndexError):
+        table[50]
+
+
+def test_a_file_arrow_cannot_type_is_read_row_by_row(tmp_path):
+    """Mixed types stay as the file has them, for validation to name."""
+    rows = training_rows(50)
+    rows[3]["mean_speed_kmh"] = "fast"
+    mixed = read_training_file(_file(tmp_path, rows), TRAFFIC, rows=50)
+    assert isinstance(mixed, list) and "fast" in [r["mean_speed_kmh"] for r in mixed]
+    rows = training_rows(50)
+    rows[4]["vehicle_count"] = 12.5  # Arrow would make every count a float
+    floats = read_training_file(_file(tmp_path, rows), TRAFFIC, rows=50)
+    assert isinstance(floats, list) and isinstance(floats[0]["vehicle_count"], int)
+    with open(tmp_path / "bad.jsonl", "w") as f:
+        f.write(json.dumps(training_rows(1)[0]) + "\n[1, 2]\n")
+    with pytest.raises(ValueError, match="bad.jsonl:2: not a training row"):
+        read_training_file(str(tmp_path / "bad.jsonl"), TRAFFIC)
+
+
+def test_split_by_time_column_wise_matches_the_rows(tmp_path):
+    rows = training_rows(1000)
+    for i in range(0, 1000, 7):
+        rows[i]["event_time"] = rows[i - 1]["event_time"]
+    shuffled = rows[:]
+    random.Random(3).shuffle(shuffled)
+    table = read_training_file(_file(tmp_path, shuffled), TRAFFIC, rows=1000)
+    listed = select_window(shuffled, TRAFFIC, 1000)
+    for got, want in zip(split_by_time(table, 0.2), split_by_time(listed, 0.2), strict=True):
+        assert isinstance(got, RowTable)
+        assert list(got) == want

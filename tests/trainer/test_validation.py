@@ -412,3 +412,49 @@ def test_every_check_has_a_documented_default_severity():
     assert set(v.DEFAULT_SEVERITY) == set(CHECKS)
     for check, level in v.DEFAULT_SEVERITY.items():
         assert f"``{check}``" in v.__doc__ and level in ("block", "warn")
+
+
+def _mutated(clean, change):
+    rows = [dict(r) for r in clean]
+    change(rows)
+    return rows
+
+
+MUTATIONS = {
+    "clean": lambda rows: None,
+    "missing": lambda rows: [r.pop("occupancy") for r in rows],
+    "nulls": lambda rows: [r.update(road_type=None) for r in rows],
+    "unexpected": lambda rows: [r.update(weather="rain") for r in rows[::10]],
+    "out_of_domain": lambda rows: (
+        rows[1].update(occupancy=3.5),
+        rows[2].update(vehicle_count=-4),
+        rows[3].update(road_type="motorway"),
+        rows[4].update(mean_speed_kmh=-1e9),
+    ),
+    "low_presence": lambda rows: [r.update(hour_of_day=None) for r in rows[:30]],
+    "labels": lambda rows: (rows[0].update(congested=None), rows[1].update(congested=2)),
+    "one_class": lambda rows: [r.update(congested=0) for r in rows],
+    "stuck": lambda rows: [r.update(mean_speed_kmh=50.0, road_type="local") for r in rows],
+    "drifted": lambda rows: [r.update(occupancy=r["occupancy"] / 3) for r in rows],
+}
+
+
+@pytest.mark.parametrize("name", sorted(MUTATIONS))
+def test_column_wise_validation_finds_what_the_rows_show(clean, tmp_path, name):
+    """A RowTable (the trainer's columns) validates exactly like the same rows as dicts."""
+    from trainer.data import RowTable, read_training_file, select_window, write_training_file
+
+    rows = _mutated(clean, MUTATIONS[name])
+    path = str(tmp_path / "rows.jsonl")
+    write_training_file(path, rows)
+    table = read_training_file(path, TRAFFIC, rows=len(rows))
+    listed = select_window(rows, TRAFFIC, len(rows))
+    assert isinstance(table, RowTable)
+    reference = validate(clean[:300], TRAFFIC).statistics
+    for previous in (None, reference):
+        got, want = validate(table, TRAFFIC, previous), validate(listed, TRAFFIC, previous)
+        assert got.anomalies == want.anomalies
+        assert json.dumps(got.statistics, sort_keys=True) == json.dumps(
+            want.statistics, sort_keys=True
+        )
+        assert got.drift == want.drift
