@@ -291,7 +291,9 @@ def load1() -> float:
 
 class ThreadProfiles:
     """cProfile of this thread and of every thread started while enabled (the
-    runner evaluates bundles on its own worker threads)."""
+    runner evaluates bundles on its own worker threads), each timed with its
+    thread's CPU time (``time.thread_time``): waiting and descheduling on a
+    shared machine do not count."""
 
     def __init__(self):
         self.profiles: list[cProfile.Profile] = []
@@ -299,13 +301,13 @@ class ThreadProfiles:
     def _start(self, _frame, _event, _arg):
         # threading.setprofile runs this first in each new thread; cProfile then
         # replaces it there.
-        profiler = cProfile.Profile()
+        profiler = cProfile.Profile(time.thread_time)
         self.profiles.append(profiler)
         profiler.enable()
 
     def __enter__(self) -> ThreadProfiles:
         threading.setprofile(self._start)
-        main = cProfile.Profile()
+        main = cProfile.Profile(time.thread_time)
         self.profiles.append(main)
         main.enable()
         return self
