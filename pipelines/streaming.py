@@ -14,7 +14,10 @@
 
 ``build_graph`` applies everything after the source and before the sinks,
 so tests can feed it a ``TestStream``; ``build_pipeline`` adds Pub/Sub and
-BigQuery. Neither runs the pipeline: ``pipelines.main`` does.
+BigQuery (``Sinks``). Neither runs the pipeline: ``pipelines.main`` does.
+``build_pipeline`` also takes another source and ``Sinks`` (same step names),
+so the whole graph can run in process without a network
+(``benchmarks.batch_cost``).
 """
 
 from __future__ import annotations
@@ -91,26 +94,60 @@ def build_graph(
     return graph
 
 
+class Sinks:
+    """Where the pipeline's outputs go: BigQuery tables and the retraining topic.
+
+    Each method returns the transform applied under the sink's step name.
+    A subclass can replace them (e.g. a benchmark's counting no-op).
+    """
+
+    def rows(self, table: str) -> beam.PTransform:
+        """Writes rows to ``table`` (``project:dataset.table``); outputs dead-letter
+        rows for the rows it could not write."""
+        return WriteRows(table)
+
+    def dead_letters(self, table: str) -> beam.PTransform:
+        """Writes dead-letter rows to ``table`` (the last resort: outputs nothing used)."""
+        return WriteDeadLetters(table)
+
+    def messages(self, topic: str) -> beam.PTransform:
+        """Publishes PubsubMessages to ``topic``."""
+        return beam.io.WriteToPubSub(topic, with_attributes=True)
+
+
 def uses_dataflow(options: PipelineOptions) -> bool:
     runner = options.view_as(StandardOptions).runner or ""
     return "dataflow" in str(runner).lower()
 
 
 def build_pipeline(
-    p: beam.Pipeline, options: PipelineOptions, trigger_state: TriggerState | None = None
+    p: beam.Pipeline,
+    options: PipelineOptions,
+    trigger_state: TriggerState | None = None,
+    source: beam.PTransform | None = None,
+    sinks: Sinks | None = None,
 ) -> dict[str, beam.PCollection]:
     """Builds the whole streaming pipeline on ``p`` (does not run it).
 
-    ``trigger_state`` is where the retraining trigger resumes (see
-    ``transforms.triggers.initial_state_from_bigquery``); used with --retrain_topic.
+    Args:
+        p: the pipeline.
+        options: the pipeline's options (validated here).
+        trigger_state: where the retraining trigger resumes (see
+            ``transforms.triggers.initial_state_from_bigquery``); used with
+            --retrain_topic.
+        source: replaces ``ReadFromPubSub`` on --input_subscription (see
+            ``transforms.ingestion.ReadEvents``); None reads Pub/Sub.
+        sinks: replaces the BigQuery and Pub/Sub writes; None writes them.
     """
     opts, config = validated(options)
     tables = config.tables
+    sinks = sinks or Sinks()
     messages = p | "ReadEvents" >> ReadEvents(
         opts.input_subscription,
         config,
         opts.dedup_window_seconds,
         source_dedup=uses_dataflow(options),
+        source=source,
     )
     inference = None
     if opts.model_registry:
@@ -123,7 +160,7 @@ def build_pipeline(
     if opts.retrain_topic:
         triggers = trigger_state or TriggerState()
     graph = build_graph(messages, config, inference, triggers)
-    sinks = {
+    outputs = {
         "aggregates": ("WriteAggregates", tables.aggregates),
         "examples": ("WriteTrainingExamples", tables.training_examples),
         "predictions": ("WritePredictions", tables.predictions),
@@ -134,13 +171,12 @@ def build_pipeline(
         _ = (
             graph["triggers"]
             | "TriggerMessages" >> beam.Map(trigger_message)
-            | "PublishRetrainTriggers"
-            >> beam.io.WriteToPubSub(opts.retrain_topic, with_attributes=True)
+            | "PublishRetrainTriggers" >> sinks.messages(opts.retrain_topic)
         )
     dead = [graph["dead_letter"]]
-    for name, (label, table) in sinks.items():
+    for name, (label, table) in outputs.items():
         if name in graph:
-            dead.append(graph[name] | label >> WriteRows(table_spec(options, table)))
+            dead.append(graph[name] | label >> sinks.rows(table_spec(options, table)))
     all_dead = dead | "FlattenDeadLetters" >> beam.Flatten()
-    all_dead | "WriteDeadLetters" >> WriteDeadLetters(table_spec(options, tables.dead_letter))
+    all_dead | "WriteDeadLetters" >> sinks.dead_letters(table_spec(options, tables.dead_letter))
     return graph

@@ -137,6 +137,9 @@ class ReadEvents(beam.PTransform):
         config: the dataset config (the id attribute name).
         dedup_window_seconds: how long an id is remembered.
         source_dedup: also pass ``id_label`` to the source (Dataflow only).
+        source: replaces ``ReadFromPubSub`` (same step name): a transform from
+            the pipeline's root to PubsubMessages timestamped with their
+            publish time, for in-process runs such as ``benchmarks.batch_cost``.
     """
 
     def __init__(
@@ -145,8 +148,10 @@ class ReadEvents(beam.PTransform):
         config: DatasetConfig,
         dedup_window_seconds: int,
         source_dedup: bool,
+        source: beam.PTransform | None = None,
     ):
         super().__init__()
+        self._source = source
         self._subscription = subscription
         self._config = config
         self._dedup_window_seconds = dedup_window_seconds
@@ -154,13 +159,13 @@ class ReadEvents(beam.PTransform):
 
     def expand(self, pbegin):
         cfg = self._config
+        source = self._source or ReadFromPubSub(
+            subscription=self._subscription,
+            with_attributes=True,
+            id_label=cfg.id_attribute if self._source_dedup else None,
+        )
         return (
             pbegin
-            | "ReadFromPubSub"
-            >> ReadFromPubSub(
-                subscription=self._subscription,
-                with_attributes=True,
-                id_label=cfg.id_attribute if self._source_dedup else None,
-            )
+            | "ReadFromPubSub" >> source
             | "Deduplicate" >> DeduplicateMessages(cfg.id_attribute, self._dedup_window_seconds)
         )
