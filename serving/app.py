@@ -5,8 +5,8 @@
     python -m serving.app --config configs/traffic.yaml --registry /tmp/registry \\
         [--host 127.0.0.1 --port 8081] [--poll-seconds 5] \\
         [--hybrid-table PROJECT.DATASET.TABLE --hybrid-refresh-seconds 300] \\
-        [--history-table PROJECT.DATASET.TABLE --history-refresh-seconds 60 \\
-         --history-max-keys 100000] \\
+        [--history-table PROJECT.DATASET.TABLE | --project P --bq_dataset D] \\
+        [--history-refresh-seconds 60 --history-max-keys 100000] \\
         [--max-body-bytes 1048576 --max-instances 1000]
 
 Endpoints:
@@ -28,11 +28,12 @@ the serving model. In hybrid mode a second thread reloads the precomputed
 predictions every ``--hybrid-refresh-seconds``.
 
 With ``history_features`` in the config, ``--history-table`` (the
-training-examples table) feeds a ``serving.history.KeyHistory`` store,
+training-examples table; default with ``--project`` and ``--bq_dataset``: the
+config's ``training_examples`` table there) feeds a ``serving.history.KeyHistory`` store,
 reloaded every ``--history-refresh-seconds`` on a third thread; each live
 prediction says where its history values came from (``"history": "given"``
 by the instance, ``"found"`` in the store, ``"missing"``: encoded as the
-defined default). Without the flag every value not given is missing (a
+defined default). Without a table every value not given is missing (a
 warning at start says so). Without ``history_features`` nothing is read.
 
 On start it prints
@@ -358,8 +359,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--history-table",
         help="PROJECT.DATASET.TABLE of training examples: with history_features in the "
-        "config, each key's recent events come from there (ignored without them)",
+        "config, each key's recent events come from there (ignored without them; "
+        "default with --project and --bq_dataset: the config's training-examples table)",
     )
+    p.add_argument("--project", help="project of the training-examples table")
+    p.add_argument("--bq_dataset", "--bq-dataset", dest="bq_dataset", help="its dataset")
     p.add_argument(
         "--history-refresh-seconds",
         type=float,
@@ -390,15 +394,16 @@ def build_service(args: argparse.Namespace) -> Service:
         loader = bigquery_loader(bigquery_client(project), args.hybrid_table, config)
         precomputed = PrecomputedPredictions(loader)
     history = None
-    if args.history_table and config.history_features:
+    history_table = args.history_table
+    if not history_table and args.project and args.bq_dataset:
+        history_table = f"{args.project}.{args.bq_dataset}.{config.tables.training_examples}"
+    if history_table and config.history_features:
         from dataset.resources import bigquery_client
         from serving.history import bigquery_loader as history_loader
         from serving.hybrid import parse_table
 
-        project, _, _ = parse_table(
-            args.history_table, "--history-table", "the training-examples table"
-        )
-        loader = history_loader(bigquery_client(project), args.history_table, config)
+        project, _, _ = parse_table(history_table, "--history-table", "the training-examples table")
+        loader = history_loader(bigquery_client(project), history_table, config)
         history = KeyHistory(config, loader, max_keys=args.history_max_keys)
     return Service(
         config,

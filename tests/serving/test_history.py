@@ -233,6 +233,29 @@ def test_without_history_features_the_table_is_never_read(monkeypatch, traffic_r
         app.Service(PLAIN, root, history=KeyHistory(CONFIG, list))
 
 
+def test_the_table_defaults_to_the_configs_training_table(monkeypatch, tmp_path):
+    from serving import app
+
+    queries = []
+
+    class FakeClient:
+        def query(self, sql):
+            queries.append(sql)
+            raise RuntimeError("offline")
+
+    monkeypatch.setattr("dataset.resources.bigquery_client", lambda project: FakeClient())
+    path = tmp_path / "history.yaml"
+    path.write_text(yaml.safe_dump(_RAW))
+    args = app.build_parser().parse_args(
+        ["--config", str(path), "--registry", str(tmp_path / "registry")]
+        + ["--project", "proj-1", "--bq_dataset", "ds"]
+    )
+    service = app.build_service(args)
+    assert service.history.refresh(1.0) is False
+    assert "FROM `proj-1.ds.training_examples`" in queries[0]
+    assert "`occupancy`" in queries[0] and "`congested`" in queries[0]
+
+
 @pytest.mark.emulators
 def test_the_loader_reads_the_training_table(bigquery_client, gcp_project, unique_name):
     """The store's BigQuery loader on a training-examples table (emulator)."""
