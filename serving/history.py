@@ -42,9 +42,6 @@ from model.history import DEFAULT_TTL_SECONDS, history_in_order
 _LOG = logging.getLogger(__name__)
 DEFAULT_MAX_KEYS = 100_000
 DEFAULT_MAX_ROWS = 1_000_000
-FOUND = "found"
-MISSING = "missing"
-GIVEN = "given"
 
 # One stored event: (event time seconds, example id, source feature values, label).
 Event = tuple[float, str, dict[str, Any], Any]
