@@ -387,7 +387,9 @@ DASHBOARD_PID=$!
 echo "$DASHBOARD_PID" >"$STATE_DIR/dashboard.pid"
 if [ -f serving/app.py ]; then
   say "starting the prediction service on :$SERVING_PORT (log: $STATE_DIR/serving.log)"
+  # --project/--bq_dataset: with history_features, per-key history from the training table.
   setsid "$PY" -m serving.app --config "$CONFIG" --registry "$MODEL_REGISTRY" \
+    --project "$PROJECT" --bq_dataset "$BQ_DATASET" \
     --port "$SERVING_PORT" >"$STATE_DIR/serving.log" 2>&1 </dev/null 9>&- &
   SERVING_PID=$!
   echo "$SERVING_PID" >"$STATE_DIR/serving.pid"

@@ -12,6 +12,7 @@ A bounded Beam pipeline::
 
     ReadInstances (BigQuery DIRECT_READ, or JSON Lines / CSV text)
       └ ValidateInstances (transforms.validation.validate_payload) ─┬─ dead letters
+            (└ AttachHistoryInOrder, with history_features)          │
             └ PredictWithVersion (RunInference, one pinned version) ─┤─ dead letters
                   └ WritePredictions (prediction schema)             └ WriteDeadLetters
 
@@ -30,6 +31,13 @@ A bounded Beam pipeline::
   ``model.handler.HotSwapModel`` with ``load_predict_fn``, as in the
   streaming pipeline.
 * Invalid instances (and inference failures) go to the dead-letter table.
+* With ``history_features``, each instance's history values come from the
+  PREVIOUS instances of its key in the input, in event-time order
+  (``transforms.history.AttachHistoryInOrder``: ``model.history``, the
+  streaming step's function). Label aggregates read an instance's label
+  column when the config's labels are inline and the row has one (e.g. the
+  training-examples table as input), only for the instances after it; a
+  stored history column of the input is ignored.
 * BigQuery input is read with ``DIRECT_READ`` and an explicit
   ``temp_dataset`` (default: the output dataset), never the default: without
   it Beam's cleanup deletes datasets by label (and, on the emulator, which
@@ -58,8 +66,15 @@ from apache_beam.pvalue import TaggedOutput
 from dataset.config import DatasetConfig
 from dataset.times import format_event_time, to_datetime
 from model.handler import HotSwapModel, RegistryModelHandler, load_predict_fn
+from transforms.history import AttachHistoryInOrder
 from transforms.inference import PredictAndRecord
-from transforms.validation import DEAD_LETTER, RecordError, dead_letter_row, validate_payload
+from transforms.validation import (
+    DEAD_LETTER,
+    RecordError,
+    check_label,
+    dead_letter_row,
+    validate_payload,
+)
 
 _LOG = logging.getLogger(__name__)
 NAMESPACE = "batch_predict"
@@ -164,6 +179,28 @@ def to_payload(row: dict[str, Any], config: DatasetConfig) -> dict[str, Any]:
     return payload
 
 
+def reads_labels(config: DatasetConfig) -> bool:
+    """Whether an instance's own label column matters: a label history feature
+    of an inline-labelled config (the label of earlier instances of its key)."""
+    return config.label.source == "inline" and any(
+        spec.uses_label for spec in config.history_features
+    )
+
+
+def inline_label(row: dict[str, Any], config: DatasetConfig) -> Any:
+    """A row's label for the history of the instances after it (None: none).
+
+    Raises:
+        RecordError: for a label the config does not accept.
+    """
+    value = row.get(config.label.field)
+    if value is None or value == "" or not reads_labels(config):
+        return None
+    if isinstance(value, str) and config.label.type in ("int", "float", "bool"):
+        value = _typed(config.label.type, value)  # a CSV cell
+    return check_label(config, value)
+
+
 def instance_id(row: dict[str, Any], payload: dict[str, Any], config: DatasetConfig) -> str:
     """A stable id for an instance: its ``example_id``/id column, join key, or a hash."""
     for field in ("example_id", config.id_attribute, config.label.join_key):
@@ -246,6 +283,7 @@ class _ValidateInstanceFn(beam.DoFn):
             record = validate_payload(payload, self._config, example_id)
             if record["kind"] != "features":
                 raise RecordError("a label message is not an instance to predict")
+            record["label"] = inline_label(row, self._config)
         except RecordError as e:
             self._invalid.inc()
             yield TaggedOutput(
@@ -315,7 +353,10 @@ def build_graph(
     validated = instances | "ValidateInstances" >> beam.ParDo(
         _ValidateInstanceFn(config, kind, header)
     ).with_outputs(DEAD_LETTER, main="records")
-    predicted = validated.records | "PredictWithVersion" >> PredictWithVersion(
+    records = validated.records
+    if config.history_features:
+        records = records | "AttachHistoryInOrder" >> AttachHistoryInOrder(config)
+    predicted = records | "PredictWithVersion" >> PredictWithVersion(
         config, registry_root, version, max_batch_size
     )
     dead = (validated[DEAD_LETTER], predicted["dead_letter"]) | "FlattenDeadLetters" >> (

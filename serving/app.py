@@ -5,24 +5,38 @@
     python -m serving.app --config configs/traffic.yaml --registry /tmp/registry \\
         [--host 127.0.0.1 --port 8081] [--poll-seconds 5] \\
         [--hybrid-table PROJECT.DATASET.TABLE --hybrid-refresh-seconds 300] \\
+        [--history-table PROJECT.DATASET.TABLE | --project P --bq_dataset D] \\
+        [--history-refresh-seconds 60 --history-max-keys 100000] \\
         [--max-body-bytes 1048576 --max-instances 1000]
 
 Endpoints:
 
 * ``POST /v1/predict`` ``{"instances": [{...event fields...}, ...]}`` ->
   ``{"model_version", "predictions": [{<key>, "prediction", "predicted_label",
-  "model_version", "path": "live"|"precomputed"}, ...]}``. Instances are
+  "model_version", "path": "live"|"precomputed"[, "history"]}, ...]}``. Instances are
   validated like pipeline events (``serving.predictor``); one invalid
   instance rejects the request with a 4xx whose body names the fields.
 * ``GET /healthz``: the process is up. ``GET /readyz``: 200 once a model
-  version is loaded, else 503.
+  version is loaded (and, with a history store, its first load was tried),
+  else 503.
 * ``GET /metrics``: Prometheus text format (``serving.metrics``).
 
 A background thread polls the registry's ``CURRENT`` every
 ``--poll-seconds`` through ``model.handler.HotSwapModel`` (load outside the
 lock, swap under it, keep the last good model); request threads only read
 the serving model. In hybrid mode a second thread reloads the precomputed
-predictions every ``--hybrid-refresh-seconds``. On start it prints
+predictions every ``--hybrid-refresh-seconds``.
+
+With ``history_features`` in the config, ``--history-table`` (the
+training-examples table; default with ``--project`` and ``--bq_dataset``: the
+config's ``training_examples`` table there) feeds a ``serving.history.KeyHistory`` store,
+reloaded every ``--history-refresh-seconds`` on a third thread; each live
+prediction says where its history values came from (``"history": "given"``
+by the instance, ``"found"`` in the store, ``"missing"``: encoded as the
+defined default). Without a table every value not given is missing (a
+warning at start says so). Without ``history_features`` nothing is read.
+
+On start it prints
 ``serving: listening on http://HOST:PORT``; SIGTERM/SIGINT stop it cleanly.
 """
 
@@ -43,6 +57,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from dataset.config import DatasetConfig, load_config
+from serving.history import DEFAULT_MAX_KEYS as DEFAULT_HISTORY_MAX_KEYS
+from serving.history import KeyHistory
 from serving.hybrid import PrecomputedPredictions
 from serving.metrics import ServingMetrics
 from serving.predictor import (
@@ -58,6 +74,7 @@ _LOG = logging.getLogger(__name__)
 DEFAULT_MAX_BODY_BYTES = 1 << 20
 DEFAULT_POLL_SECONDS = 5.0
 DEFAULT_REFRESH_SECONDS = 300.0
+DEFAULT_HISTORY_REFRESH_SECONDS = 60.0
 
 
 class _Repeater:
@@ -95,6 +112,9 @@ class Service:
         poll_seconds: how often ``CURRENT`` is read.
         precomputed: hybrid mode's precomputed predictions (None: all live).
         refresh_seconds: how often ``precomputed`` is reloaded.
+        history: with ``history_features``, the per-key history store (None:
+            history values not given by an instance are missing).
+        history_refresh_seconds: how often ``history`` is reloaded.
         max_body_bytes, max_instances: request limits (413 above them).
         load: loads a version into a predict function (default
             ``model.handler.load_predict_fn`` on the registry).
@@ -108,6 +128,8 @@ class Service:
         poll_seconds: float = DEFAULT_POLL_SECONDS,
         precomputed: PrecomputedPredictions | None = None,
         refresh_seconds: float = DEFAULT_REFRESH_SECONDS,
+        history: KeyHistory | None = None,
+        history_refresh_seconds: float = DEFAULT_HISTORY_REFRESH_SECONDS,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         max_instances: int = DEFAULT_MAX_INSTANCES,
         load: Callable[[str], Any] | None = None,
@@ -115,8 +137,13 @@ class Service:
         from model.handler import HotSwapModel, load_predict_fn
         from model.registry import ModelRegistry
 
-        if poll_seconds <= 0 or refresh_seconds <= 0:
-            raise ValueError("--poll-seconds and --hybrid-refresh-seconds must be positive")
+        if poll_seconds <= 0 or refresh_seconds <= 0 or history_refresh_seconds <= 0:
+            raise ValueError(
+                "--poll-seconds, --hybrid-refresh-seconds and --history-refresh-seconds "
+                "must be positive"
+            )
+        if history is not None and not config.history_features:
+            raise ValueError(f"config {config.name!r} has no history_features to look up")
         if max_body_bytes <= 0 or max_instances <= 0:
             raise ValueError("--max-body-bytes and --max-instances must be positive")
         self.config = config
@@ -137,8 +164,22 @@ class Service:
             self._workers.append(
                 _Repeater("precomputed-refresh", self._refresh_precomputed, refresh_seconds)
             )
+        self.history = history
+        if history is not None:
+            self._workers.append(
+                _Repeater("history-refresh", self._refresh_history, history_refresh_seconds)
+            )
+        elif config.history_features:
+            _LOG.warning(
+                "config %r has history_features but no --history-table: history values an "
+                "instance does not carry are served as missing (scores can differ from the "
+                "pipeline's)",
+                config.name,
+            )
         lookup = self._lookup if precomputed is not None else None
-        self.predictor = Predictor(config, self.model.serving, lookup)
+        self.predictor = Predictor(
+            config, self.model.serving, lookup, history.lookup if history is not None else None
+        )
 
     # ------------------------------------------------------------ lifecycle
 
@@ -152,22 +193,33 @@ class Service:
 
     @property
     def ready(self) -> bool:
-        return self.model.version is not None
+        """A model is loaded and, with a history store, its first load was tried."""
+        history_tried = self.history is None or (
+            self.history.refreshed_at is not None or self.history.errors > 0
+        )
+        return self.model.version is not None and history_tried
 
     def wait_ready(self, timeout: float) -> bool:
-        """Waits until a model is loaded (or ``timeout`` passes); returns readiness."""
+        """Waits until ``ready`` (or ``timeout`` passes); returns readiness."""
         return self._loaded.wait(timeout)
 
     def _poll_model(self) -> None:
         version, _ = self.model.acquire()
         self.metrics.set_model(version)
-        if version is not None:
+        if self.ready:
             self._loaded.set()
 
     def _refresh_precomputed(self) -> None:
         assert self.precomputed is not None
         ok = self.precomputed.refresh(time.time())
         self.metrics.set_precomputed(len(self.precomputed), ok)
+
+    def _refresh_history(self) -> None:
+        assert self.history is not None
+        ok = self.history.refresh(time.time())
+        self.metrics.set_history(len(self.history), ok)
+        if self.ready:
+            self._loaded.set()
 
     def _lookup(self, key: str):
         assert self.precomputed is not None
@@ -191,7 +243,9 @@ class Service:
             self.metrics.invalid_instances(len(e.errors))
             raise
         response = self.predictor.predict(records)
-        self.metrics.served(p["path"] for p in response["predictions"])
+        predictions = response["predictions"]
+        self.metrics.served(p["path"] for p in predictions)
+        self.metrics.history_sources(p["history"] for p in predictions if "history" in p)
         return response
 
 
@@ -264,6 +318,7 @@ def create_app(service: Service, manage: bool = True) -> FastAPI:
             "ready": service.ready,
             "model_version": service.model.version,
             "precomputed_keys": None if service.precomputed is None else len(service.precomputed),
+            "history_keys": None if service.history is None else len(service.history),
         }
         return JSONResponse(body, status_code=200 if service.ready else 503)
 
@@ -301,6 +356,26 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_REFRESH_SECONDS,
         help=f"how often the hybrid table is reread (default {DEFAULT_REFRESH_SECONDS:g})",
     )
+    p.add_argument(
+        "--history-table",
+        help="PROJECT.DATASET.TABLE of training examples: with history_features in the "
+        "config, each key's recent events come from there (ignored without them; "
+        "default with --project and --bq_dataset: the config's training-examples table)",
+    )
+    p.add_argument("--project", help="project of the training-examples table")
+    p.add_argument("--bq_dataset", "--bq-dataset", dest="bq_dataset", help="its dataset")
+    p.add_argument(
+        "--history-refresh-seconds",
+        type=float,
+        default=DEFAULT_HISTORY_REFRESH_SECONDS,
+        help=f"how often the history is reread (default {DEFAULT_HISTORY_REFRESH_SECONDS:g})",
+    )
+    p.add_argument(
+        "--history-max-keys",
+        type=int,
+        default=DEFAULT_HISTORY_MAX_KEYS,
+        help=f"keys whose history is kept (default {DEFAULT_HISTORY_MAX_KEYS})",
+    )
     p.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES)
     p.add_argument("--max-instances", type=int, default=DEFAULT_MAX_INSTANCES)
     p.add_argument("--log-level", default="info", help="uvicorn/logging level (default info)")
@@ -318,12 +393,26 @@ def build_service(args: argparse.Namespace) -> Service:
         project, _, _ = parse_table(args.hybrid_table)
         loader = bigquery_loader(bigquery_client(project), args.hybrid_table, config)
         precomputed = PrecomputedPredictions(loader)
+    history = None
+    history_table = args.history_table
+    if not history_table and args.project and args.bq_dataset:
+        history_table = f"{args.project}.{args.bq_dataset}.{config.tables.training_examples}"
+    if history_table and config.history_features:
+        from dataset.resources import bigquery_client
+        from serving.history import bigquery_loader as history_loader
+        from serving.hybrid import parse_table
+
+        project, _, _ = parse_table(history_table, "--history-table", "the training-examples table")
+        loader = history_loader(bigquery_client(project), history_table, config)
+        history = KeyHistory(config, loader, max_keys=args.history_max_keys)
     return Service(
         config,
         args.registry,
         poll_seconds=args.poll_seconds,
         precomputed=precomputed,
         refresh_seconds=args.hybrid_refresh_seconds,
+        history=history,
+        history_refresh_seconds=args.history_refresh_seconds,
         max_body_bytes=args.max_body_bytes,
         max_instances=args.max_instances,
     )

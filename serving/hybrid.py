@@ -67,18 +67,19 @@ def latest_per_key(rows: Iterable[Mapping[str, Any]], key_field: str) -> dict[st
     return {key: item for key, (_, item) in best.items()}
 
 
-def parse_table(table: str) -> tuple[str, str, str]:
+def parse_table(
+    table: str, flag: str = "--hybrid-table", what: str = "the batch-prediction output table"
+) -> tuple[str, str, str]:
     """``PROJECT.DATASET.TABLE`` (or ``PROJECT:DATASET.TABLE``) -> its three parts.
+
+    ``flag`` and ``what`` name the option in the error message.
 
     Raises:
         ValueError: for any other form.
     """
     parts = table.replace(":", ".", 1).split(".")
     if len(parts) != 3 or not all(parts):
-        raise ValueError(
-            f"--hybrid-table {table!r}: expected PROJECT.DATASET.TABLE "
-            "(the batch-prediction output table)"
-        )
+        raise ValueError(f"{flag} {table!r}: expected PROJECT.DATASET.TABLE ({what})")
     return parts[0], parts[1], parts[2]
 
 

@@ -86,6 +86,19 @@ class ServingMetrics:
         self.refresh_errors = Counter(
             "serving_precomputed_refresh_errors", "Failed reloads of the hybrid table", registry=r
         )
+        self.history = Counter(
+            "serving_history",
+            "Live predictions of a config with history_features, by where the history "
+            "values came from (given|found|missing)",
+            ["source"],
+            registry=r,
+        )
+        self.history_keys = Gauge(
+            "serving_history_keys", "Keys in the per-key history store", registry=r
+        )
+        self.history_refresh_errors = Counter(
+            "serving_history_refresh_errors", "Failed reloads of the per-key history", registry=r
+        )
         self._version: str | None = None
         for path in ("live", "precomputed"):
             self.instances.labels(path=path)
@@ -98,6 +111,15 @@ class ServingMetrics:
     def served(self, paths: Iterable[str]) -> None:
         for path in paths:
             self.instances.labels(path=path).inc()
+
+    def history_sources(self, sources: Iterable[str]) -> None:
+        for source in sources:
+            self.history.labels(source=source).inc()
+
+    def set_history(self, keys: int, refreshed: bool) -> None:
+        self.history_keys.set(keys)
+        if not refreshed:
+            self.history_refresh_errors.inc()
 
     def invalid_instances(self, count: int) -> None:
         self.invalid.inc(count)

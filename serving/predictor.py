@@ -9,6 +9,13 @@ model function (``model.handler.load_predict_fn``, held by a ``HotSwapModel``)
 as ``RunInference`` in the streaming pipeline, so the service, the pipeline
 and the batch job give the same score for the same event.
 
+With ``history_features``, each live record's history values come from the
+instance itself when it carries them (all of them, each a number or null:
+the caller computed them) or else from a per-key history lookup
+(``serving.history.KeyHistory``); each prediction then says where they came
+from (``"history": "given" | "found" | "missing"``; missing values are
+encoded as ``model.history.history_default``).
+
 Client mistakes raise ``RequestError`` (a 4xx, with the offending field
 named); anything else is the service's own fault.
 """
@@ -17,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -24,11 +32,14 @@ from typing import Any
 import numpy as np
 
 from dataset.config import DatasetConfig
-from model.features import encode_batch
+from model.features import encode_batch, model_inputs
 from transforms.validation import Record, RecordError, validate_payload
 
 LIVE = "live"
 PRECOMPUTED = "precomputed"
+HISTORY_GIVEN = "given"
+HISTORY_FOUND = "found"
+HISTORY_MISSING = "missing"
 DEFAULT_MAX_INSTANCES = 1000
 
 _QUOTED_NAME = re.compile(r"'([A-Za-z_][A-Za-z0-9_]*)'")
@@ -117,8 +128,44 @@ def parse_request(body: bytes, max_instances: int = DEFAULT_MAX_INSTANCES) -> li
     return instances
 
 
+def split_history(instance: Any, config: DatasetConfig) -> tuple[Any, dict[str, Any] | None]:
+    """An instance without its history feature fields, and their values (None: not given).
+
+    An instance may carry the config's history feature values (computed by the
+    caller): then it must carry all of them, each a finite number or null.
+
+    Raises:
+        RecordError: for some but not all of them, or a value of another type.
+    """
+    names = [spec.name for spec in config.history_features]
+    if not isinstance(instance, dict) or not any(name in instance for name in names):
+        return instance, None
+    absent = [name for name in names if name not in instance]
+    if absent:
+        raise RecordError(
+            f"history features {absent} are missing: give all of {names} (null for no "
+            "history) or none (the service then looks them up by key)"
+        )
+    given: dict[str, Any] = {}
+    for name in names:
+        value = instance[name]
+        if value is not None and (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not math.isfinite(value)
+        ):
+            raise RecordError(
+                f"history feature {name!r}: expected a finite number or null, got {value!r}"
+            )
+        given[name] = None if value is None else float(value)
+    return {k: v for k, v in instance.items() if k not in given}, given
+
+
 def validate_instances(instances: Sequence[Any], config: DatasetConfig) -> list[Record]:
     """Validates every instance as an event of ``config`` (``validate_payload``).
+
+    History feature values an instance carries (``split_history``) land in
+    the record's ``history``.
 
     Raises:
         RequestError: 422 listing each invalid instance with the fields named.
@@ -127,7 +174,8 @@ def validate_instances(instances: Sequence[Any], config: DatasetConfig) -> list[
     errors: list[dict[str, Any]] = []
     for index, instance in enumerate(instances):
         try:
-            record = validate_payload(instance, config, f"request-{index}")
+            payload, given = split_history(instance, config)
+            record = validate_payload(payload, config, f"request-{index}")
         except RecordError as e:
             errors.append({"index": index, "fields": error_fields(str(e)), "message": str(e)})
             continue
@@ -140,6 +188,8 @@ def validate_instances(instances: Sequence[Any], config: DatasetConfig) -> list[
                 }
             )
             continue
+        if given is not None:
+            record["history"] = given
         records.append(record)
     if errors:
         first = errors[0]
@@ -194,6 +244,9 @@ class Predictor:
         model: returns the serving ``(version, predict)``; ``predict`` maps a
             float32 ``(n, dim)`` batch to ``(n, k)`` outputs (``load_predict_fn``).
         lookup: in hybrid mode, a key -> ``Precomputed`` lookup (None: all live).
+        history: with ``history_features``, ``(key, event_time)`` -> the
+            record's history values, or None when the key has none
+            (``KeyHistory.lookup``); None: values not given are missing.
     """
 
     def __init__(
@@ -201,10 +254,24 @@ class Predictor:
         config: DatasetConfig,
         model: Callable[[], tuple[str | None, Any]],
         lookup: Callable[[str], Precomputed | None] | None = None,
+        history: Callable[[str, float], dict[str, Any] | None] | None = None,
     ):
         self._config = config
         self._model = model
         self._lookup = lookup
+        self._history = history
+
+    def _with_history(self, record: Record) -> tuple[Record, str]:
+        """The record with its history values, and where they came from."""
+        if "history" in record:
+            return record, HISTORY_GIVEN
+        found = None
+        if self._history is not None:
+            found = self._history(record["key"], record["event_time"])
+        if found is None:
+            missing = {spec.name: None for spec in self._config.history_features}
+            return {**record, "history": missing}, HISTORY_MISSING
+        return {**record, "history": found}, HISTORY_FOUND
 
     def predict(self, records: Sequence[Record]) -> dict[str, Any]:
         """``{"model_version", "predictions": [...]}`` in the order of ``records``.
@@ -232,9 +299,17 @@ class Predictor:
         if live:
             if predict is None:
                 raise ModelUnavailable("no model version is loaded yet")
-            batch = encode_batch([records[i]["features"] for i in live], config)
-            outputs = np.asarray(predict(batch))
+            inputs, sources = [], []
+            for i in live:
+                record, source = records[i], None
+                if config.history_features:
+                    record, source = self._with_history(record)
+                inputs.append(model_inputs(record))
+                sources.append(source)
+            outputs = np.asarray(predict(encode_batch(inputs, config)))
             values = outputs.reshape(len(live), -1)[:, 0]
-            for i, value in zip(live, values, strict=True):
+            for i, value, source in zip(live, values, sources, strict=True):
                 entries[i] = prediction_entry(config, records[i], float(value), version, LIVE)
+                if source is not None:
+                    entries[i]["history"] = source
         return {"model_version": version, "predictions": entries}

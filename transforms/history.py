@@ -9,6 +9,13 @@ fan-out to inference and labeling, so the prediction and the training row
 carry the same values. An event-time timer clears the state of a key idle
 for ``ttl_seconds`` (bounded state). Label records (``label.source:
 separate``) pass through untouched.
+
+``AttachHistoryInOrder`` is the bounded (batch) form: it groups the feature
+records by key, sorts each key's records by event time (ties: by message
+id) and runs ``model.history.history_in_order`` over them, the same
+function with the same expiry, so a batch job (``pipelines.batch_predict``)
+gives a record the values the streaming step gives it when its key's events
+arrive in event-time order.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec
 from apache_beam.utils.timestamp import Timestamp
 
 from dataset.config import DatasetConfig
-from model.history import DEFAULT_TTL_SECONDS, expired, new_state, step
+from model.history import DEFAULT_TTL_SECONDS, expired, history_in_order, new_state, step
 from transforms.validation import Record
 
 NAMESPACE = "history"
@@ -93,3 +100,45 @@ class AttachHistory(beam.PTransform):
             | "ComputeHistory" >> beam.ParDo(_HistoryFn(self._config, self._ttl))
         )
         return (attached, others) | "MergeHistoryRecords" >> beam.Flatten()
+
+
+def event_order(record: Record) -> tuple[float, str]:
+    """The order a key's records are replayed in by ``AttachHistoryInOrder``."""
+    return record["event_time"], str(record["message_id"])
+
+
+class _HistoryInOrderFn(beam.DoFn):
+    """(key, all its feature records) -> each record with ``history``, in event-time order."""
+
+    def __init__(self, config: DatasetConfig, ttl_seconds: float):
+        self._config = config
+        self._ttl = ttl_seconds
+        self._attached = Metrics.counter(NAMESPACE, "records_with_history")
+        self._first = Metrics.counter(NAMESPACE, "records_without_history")
+
+    def process(self, element):
+        _, records = element
+        ordered = sorted(records, key=event_order)
+        values = history_in_order(self._config, ordered, self._ttl)
+        for record, history in zip(ordered, values, strict=True):
+            found = any(v is not None for v in history.values())
+            (self._attached if found else self._first).inc()
+            yield {**record, "history": history}
+
+
+class AttachHistoryInOrder(beam.PTransform):
+    """Bounded feature records -> the same records with ``history``, per key in
+    event-time order (a key's records are grouped in memory on one worker)."""
+
+    def __init__(self, config: DatasetConfig, ttl_seconds: float = DEFAULT_TTL_SECONDS):
+        super().__init__()
+        self._config = config
+        self._ttl = ttl_seconds
+
+    def expand(self, records):
+        return (
+            records
+            | "KeyByEntity" >> beam.Map(lambda r: (r["key"], r)).with_output_types(tuple[str, Any])
+            | "GroupByEntity" >> beam.GroupByKey()
+            | "ComputeHistoryInOrder" >> beam.ParDo(_HistoryInOrderFn(self._config, self._ttl))
+        )

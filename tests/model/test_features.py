@@ -18,7 +18,7 @@ from tests.helpers import T0, TRAFFIC, traffic_payload
 def test_traffic_encoding_scales_numbers_and_one_hots_categories():
     row = traffic_payload(vehicle_count=100, mean_speed_kmh=50.0, occupancy=0.5, hour_of_day=6.0)
     vector = encode_features(row, TRAFFIC)
-    assert vector.dtype == np.float32 and vector.shape == (feature_dim(TRAFFIC),) == (7,)
+    assert vector.dtype == np.float32 and vector.shape == (feature_dim(TRAFFIC),) == (8,)
     columns = feature_columns(TRAFFIC)
     as_dict = dict(zip(columns, vector.tolist(), strict=True))
     assert as_dict["vehicle_count"] == pytest.approx(0.25)

@@ -7,6 +7,7 @@ import pytest
 import yaml
 
 from dataset.config import ModelSpec, config_from_dict, load_config
+from model.features import feature_dim
 
 
 def config_with(model):
@@ -51,7 +52,7 @@ def test_architectures_and_standardization():
 
     config = config_with({"feature_scaling": "standardize", "epochs": 1, "min_steps": 1})
     model = build_model(config)
-    x = np.random.default_rng(0).normal(5.0, 2.0, (64, 7)).astype(np.float32)
+    x = np.random.default_rng(0).normal(5.0, 2.0, (64, feature_dim(config))).astype(np.float32)
     fit(model, x, (x[:, 0] > 5).astype(np.float32))
     mean = model.get_layer("standardize").mean.numpy().ravel()
     np.testing.assert_allclose(mean, x.mean(axis=0), rtol=1e-4)
@@ -63,9 +64,10 @@ def test_architectures_and_standardization():
 def test_epochs_from_the_config_override_the_trainer_default():
     from model.keras_model import build_model, fit
 
-    x = np.zeros((40, 7), dtype=np.float32)
+    config = config_with({"epochs": 2, "min_steps": 0})
+    x = np.zeros((40, feature_dim(config)), dtype=np.float32)
     y = np.zeros(40, dtype=np.float32)
-    history = fit(build_model(config_with({"epochs": 2, "min_steps": 0})), x, y, epochs=8)
+    history = fit(build_model(config), x, y, epochs=8)
     assert len(history.history["loss"]) == 2
 
 
@@ -81,7 +83,7 @@ def test_auto_scaling_standardizes_only_numbers_without_a_config_range():
     raw["model"] = {"epochs": 1, "min_steps": 1}
     config = config_from_dict(raw, source="test")
     model = build_model(config)
-    x = np.random.default_rng(0).normal(50.0, 10.0, (64, 7)).astype(np.float32)
+    x = np.random.default_rng(0).normal(50.0, 10.0, (64, feature_dim(config))).astype(np.float32)
     fit(model, x, (x[:, 0] > 50).astype(np.float32))
     layer = model.get_layer("standardize")
     mean, variance = layer.mean.numpy().ravel(), layer.variance.numpy().ravel()
@@ -90,7 +92,6 @@ def test_auto_scaling_standardizes_only_numbers_without_a_config_range():
 
 
 def test_scaled_columns_cover_history_features():
-    from model.features import feature_dim
     from model.keras_model import build_model, fit, scaled_columns
 
     with open("configs/traffic.yaml", encoding="utf-8") as f:

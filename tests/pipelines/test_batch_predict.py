@@ -121,6 +121,30 @@ def test_csv_rows_are_typed_by_the_config():
         bp.csv_row("S1,2", header, TRAFFIC)
 
 
+def test_a_rows_label_is_read_only_for_label_history_of_inline_configs():
+    import copy
+
+    import yaml
+
+    from dataset.config import config_from_dict
+
+    with open("configs/traffic.yaml", encoding="utf-8") as f:
+        raw = copy.deepcopy(yaml.safe_load(f))
+    raw["history_features"] = {"rate_3": {"agg": "label_mean", "last": 3}}
+    with_labels = config_from_dict(raw, source="test")
+    raw["history_features"] = {"occ_3": {"of": "occupancy", "agg": "mean", "last": 3}}
+    without = config_from_dict(raw, source="test")
+    assert bp.reads_labels(with_labels) and not bp.reads_labels(without)
+    assert not bp.reads_labels(ADS)
+    assert bp.inline_label({"congested": 1}, with_labels) == 1
+    assert bp.inline_label({"congested": "1"}, with_labels) == 1  # a CSV cell
+    assert bp.inline_label({"congested": ""}, with_labels) is None
+    assert bp.inline_label({}, with_labels) is None
+    assert bp.inline_label({"congested": 7}, without) is None  # not read: not checked
+    with pytest.raises(bp.RecordError, match="expected 0 or 1"):
+        bp.inline_label({"congested": 7}, with_labels)
+
+
 # ------------------------------------------------------------ graph and plan
 
 

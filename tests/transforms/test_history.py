@@ -89,3 +89,30 @@ def test_label_records_pass_through_unchanged():
     with TestPipeline(options=_options()) as p:
         out = p | beam.Create([label]) | AttachHistory(CONFIG)
         assert_that(out, equal_to([label]))
+
+
+def test_bounded_input_gets_the_values_of_event_time_order_whatever_the_input_order():
+    from model.history import history_in_order
+    from transforms.history import AttachHistoryInOrder
+
+    records = [
+        _record(key, T0 + 60 * i + j, 0.1 * i + 0.01 * j, (i + j) % 2, 10 * j + i)
+        for i in range(5)
+        for j, key in enumerate("AB")
+    ]
+    records.append(_record("A", T0 + 60 * 4 + TTL + 1, 0.5, 0, 99))  # idle past the TTL
+    expected = [
+        _summary({**r, "history": h})
+        for r, h in zip(records, history_in_order(CONFIG, records, TTL), strict=True)
+    ]
+    assert all(v is None for _, v in expected[-1][2])  # A's state expired
+    assert sum(all(v is not None for _, v in e[2]) for e in expected) == len(records) - 3
+    shuffled = records[1::2] + records[::-2]
+    with TestPipeline() as p:
+        out = (
+            p
+            | beam.Create(shuffled)
+            | AttachHistoryInOrder(CONFIG, ttl_seconds=TTL)
+            | beam.Map(_summary)
+        )
+        assert_that(out, equal_to(expected))
