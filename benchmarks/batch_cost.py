@@ -65,6 +65,34 @@ from pipelines.streaming import Sinks, build_pipeline  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "batch_cost.json"
 CONFIG = "configs/traffic.yaml"
+
+
+def config_path() -> str:
+    """``CONFIG`` without its ``history_features``, written once to the temp directory.
+
+    Why: on this in-process bounded source the local runner loses the rows that
+    cross a second keyed stage at end of input (see docs: its windows all fire
+    at the end; 0 of 60 training rows reached their sink once the history step
+    was in the graph), and a benchmark must count the rows it claims. The
+    history step is one stateful ParDo (``transforms.history``); its per-element
+    cost is not in these figures.
+    """
+    import hashlib
+
+    import yaml
+
+    text = (ROOT / CONFIG).read_text()
+    raw = yaml.safe_load(text)
+    raw.pop("history_features", None)
+    digest = hashlib.sha256(text.encode()).hexdigest()[:12]
+    path = Path(tempfile.gettempdir()) / f"batch_cost_{Path(CONFIG).stem}_{digest}.yaml"
+    if not path.exists():
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(yaml.safe_dump(raw, sort_keys=False))
+        tmp.replace(path)
+    return str(path)
+
+
 PROJECT = "bench-project"
 NAMESPACE = "benchmark"
 RUNNERS = ("BundleBasedDirectRunner", "FnApiRunner")
@@ -177,7 +205,7 @@ def build_messages(
     from simulator.messages import build_message
     from simulator.traffic import TrafficSimulator
 
-    config = load_config(CONFIG)
+    config = load_config(config_path())
     sim = TrafficSimulator(seed=7)
     out, keys_and_times = [], []
     for i, (t, reading) in enumerate(sim.events(start, start + n / rate + 1, rate)):
@@ -248,7 +276,7 @@ def pipeline_args(runner: str, registry: Path | None) -> list[str]:
         # (the batch one has no clock); the bounded source still ends the run.
         "--streaming",
         f"--project={PROJECT}",
-        f"--dataset_config={CONFIG}",
+        f"--dataset_config={config_path()}",
         f"--input_subscription=projects/{PROJECT}/subscriptions/events",
         "--bq_dataset=bench",
         f"--retrain_topic=projects/{PROJECT}/topics/retrain",
@@ -586,7 +614,7 @@ def measure(
 
         tmp = tempfile.TemporaryDirectory(prefix="batch-cost-")
         log("bootstrapping a model (trainer.bootstrap, 5000 simulated events)")
-        registry = bootstrap_registry(Path(tmp.name))
+        registry = bootstrap_registry(Path(tmp.name), config=config_path())
     started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     start_time = math.floor(time.time() / 3600) * 3600 - 86_400  # a past hour: fixed windows
     messages, expected = build_messages(elements, rate, start_time)

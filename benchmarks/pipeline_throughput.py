@@ -92,11 +92,11 @@ def _published(stats_file: Path) -> int:
         return 0
 
 
-def bootstrap_registry(state: Path) -> Path:
-    """A registry holding a first model (trained on simulated history)."""
+def bootstrap_registry(state: Path, config: str = CONFIG) -> Path:
+    """A registry holding a first model (trained on simulated history of ``config``)."""
     registry = state / "registry"
     subprocess.run(
-        [sys.executable, "-m", "trainer.bootstrap", "--config", CONFIG,
+        [sys.executable, "-m", "trainer.bootstrap", "--config", config,
          "--registry", str(registry), "--events", "5000", "--if-empty"],
         cwd=ROOT, check=True, capture_output=True, timeout=600,
     )  # fmt: skip
