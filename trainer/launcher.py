@@ -247,8 +247,19 @@ class Launcher:
             timeout=API_TIMEOUT_SECONDS,
         )
 
-    def handle_message(self, ack_id: str, data: bytes, attributes: Mapping[str, str]) -> str:
-        """Handles one pulled trigger; returns ``malformed``/``duplicate``/``queued``/``error``."""
+    def handle_message(
+        self,
+        ack_id: str,
+        data: bytes,
+        attributes: Mapping[str, str],
+        received_at: float | None = None,
+    ) -> str:
+        """Handles one pulled trigger; returns ``malformed``/``duplicate``/``queued``/``error``.
+
+        ``received_at``: epoch seconds the message was pulled (default: now); the
+        run carries it, so its launch is timed from the trigger's receipt.
+        """
+        received_at = time.time() if received_at is None else received_at
         self.stats["triggers_received"] += 1
         try:
             trigger = parse_trigger(data, attributes, self.config.name)
@@ -257,7 +268,7 @@ class Launcher:
             self.stats["malformed_triggers"] += 1
             self._ack(ack_id)
             return "malformed"
-        run = Run.from_trigger(trigger)
+        run = Run.from_trigger(trigger, received_at)
         try:
             existing = self.jobs.latest(trigger.trigger_id)
             if existing is not None:
@@ -315,9 +326,10 @@ class Launcher:
         except (gexc.DeadlineExceeded, gexc.ServiceUnavailable) as e:
             logger.debug("pull: %s", type(e).__name__)
             return 0
+        received_at = time.time()
         for received in response.received_messages:
             msg = received.message
-            self.handle_message(received.ack_id, msg.data, dict(msg.attributes))
+            self.handle_message(received.ack_id, msg.data, dict(msg.attributes), received_at)
         return len(response.received_messages)
 
     # ------------------------------------------------------------ monitor

@@ -30,6 +30,8 @@ class JobArgs:
     def trainer_args(self, run: Run, backend: str, attempt_id: str | None = None) -> list[str]:
         """The ``python -m trainer.task`` arguments for ``run`` (one submission: ``attempt_id``)."""
         attempt = ["--attempt-id", attempt_id] if attempt_id else []
+        if run.received_at is not None:
+            attempt += ["--trigger-received-at", f"{run.received_at:.3f}"]
         return [
             "--config",
             self.config_path,

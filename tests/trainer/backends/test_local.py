@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import sys
 import time
@@ -60,3 +61,11 @@ def test_adopts_a_live_owner_on_this_host_only(tmp_path):
     finally:
         backend.stop(handle, timeout=5)
     assert backend.poll(handle).state == "failed"  # stopped by a signal
+
+
+def test_the_trainer_gets_the_time_its_trigger_arrived(tmp_path):
+    backend = LocalProcessBackend(JOB, tmp_path)
+    assert "--trigger-received-at" not in backend.command(RUN)  # a recovered run: unknown
+    received = dataclasses.replace(RUN, received_at=1795690000.1234)
+    command = backend.command(received, "attempt-1")
+    assert command[-4:] == ["--attempt-id", "attempt-1", "--trigger-received-at", "1795690000.123"]
