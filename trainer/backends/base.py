@@ -98,6 +98,9 @@ class Backend(abc.ABC):
     def reattach(self, record: Mapping[str, Any]) -> Any | None:
         """A handle for a described job that still runs, or None if it ended."""
 
+    def close(self) -> None:  # noqa: B027
+        """Releases what the backend holds between jobs (the launcher is shutting down)."""
+
     def adopt(self, run: Run, claim: Mapping[str, Any]) -> Any | None:
         """A handle for the trainer that holds ``run``'s claim, if this backend can watch it."""
         return None

@@ -1,0 +1,102 @@
+"""A warm trainer: a process that has imported TensorFlow and waits for one job.
+
+Started ahead of time by the local backend (``LocalProcessBackend(warm=True)``,
+``python -m trainer.launcher --warm-trainer``)::
+
+    python -m trainer.worker --marker TOKEN
+
+It imports TensorFlow, Keras and the trainer's modules (about 10 s on the
+2-core development machine, the largest part of a cold trainer's start-up),
+then reads **one** job from stdin, a JSON line
+``{"argv": [trainer.task arguments], "log_path": PATH}``; sends its own
+output to ``PATH`` (appended) and runs ``trainer.task.main(argv)`` with the
+time it got the job as the run's origin; exits with its status. One job per
+process: the backend starts a fresh worker for the next run, so no state
+(TensorFlow graphs, Keras sessions, memory) carries over from one run to the
+next. If stdin closes without a job (the launcher went away), it exits 0
+having done nothing. ``TOKEN`` is only there to be found in its command line
+(a restarted launcher re-attaches by it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from typing import IO, Any
+
+READY_LINE = "[worker] ready"
+
+
+def preload() -> None:
+    """Imports what every run needs, before there is a run."""
+    import keras  # noqa: F401
+    import tensorflow  # noqa: F401
+
+    import dataset.resources  # noqa: F401
+    import model.features  # noqa: F401
+    import model.keras_model  # noqa: F401
+    import model.registry  # noqa: F401
+    import trainer.gates  # noqa: F401
+    import trainer.metrics  # noqa: F401
+    import trainer.task  # noqa: F401
+    import trainer.validation  # noqa: F401
+
+
+def parse_job(line: str) -> dict[str, Any]:
+    """The job line: ``{"argv": [str, ...], "log_path": str}``.
+
+    Raises:
+        ValueError: if it is not that.
+    """
+    job = json.loads(line)
+    if (
+        not isinstance(job, dict)
+        or not isinstance(job.get("argv"), list)
+        or not all(isinstance(a, str) for a in job["argv"])
+        or not isinstance(job.get("log_path"), str)
+    ):
+        raise ValueError(f"expected {{'argv': [str], 'log_path': str}}, got {line[:200]!r}")
+    return job
+
+
+def _redirect_output(log_path: str) -> None:
+    """Points this process's stdout and stderr (the file descriptors) at ``log_path``."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+
+
+def serve_one(stdin: IO[str]) -> int:
+    """Waits for one job on ``stdin`` and runs it; returns the trainer's exit status."""
+    line = stdin.readline()
+    received = time.time()
+    if not line.strip():
+        print("[worker] no job: stdin closed", flush=True)
+        return 0
+    job = parse_job(line)
+    _redirect_output(job["log_path"])
+    print(f"[worker] pid {os.getpid()} got the job (warm: TensorFlow already imported)", flush=True)
+    from trainer import task
+
+    return task.main(job["argv"], started_at=received)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m trainer.worker", description=__doc__)
+    parser.add_argument("--marker", default="", help="a token to find this process by")
+    parser.parse_args(argv)
+    started = time.monotonic()
+    preload()
+    print(f"{READY_LINE} in {time.monotonic() - started:.1f}s", flush=True)
+    return serve_one(sys.stdin)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
