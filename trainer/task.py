@@ -97,6 +97,7 @@ class TaskOptions:
     metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
     attempt_id: str | None = None  # the launcher's submission (trainer.claims)
     trigger_received_at: float | None = None  # epoch s the launcher pulled the trigger
+    submitted_at: float | None = None  # epoch s the launcher submitted this job
 
 
 class _Run:
@@ -513,7 +514,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--trigger-received-at",
         type=float,
         default=None,
-        help="epoch seconds the launcher received the trigger (timed as the 'launch' phase)",
+        help="epoch seconds the launcher received the trigger (the 'launch' phase starts)",
+    )
+    p.add_argument(
+        "--submitted-at",
+        type=float,
+        default=None,
+        help="epoch seconds the launcher submitted this job (the run's origin)",
     )
     return p
 
@@ -550,6 +557,7 @@ def options_from_args(args: argparse.Namespace) -> TaskOptions:
         metadata=dict(args.metadata),
         attempt_id=args.attempt_id,
         trigger_received_at=args.trigger_received_at,
+        submitted_at=args.submitted_at,
     )
 
 
@@ -562,12 +570,18 @@ def _import_tensorflow() -> None:
 def start_timer(opts: TaskOptions, started_at: float | None, entered: float) -> PhaseTimer:
     """The run's timer, with the phases before ``main`` could act.
 
-    ``launch``: the launcher received the trigger (``--trigger-received-at``)
-    until this run's origin; ``interpreter``: origin until ``main`` was
-    entered (Python start-up and this module's imports). The origin is
-    ``started_at`` (a warm worker: when it got the job), else the process start.
+    The origin is when the launcher submitted the job (``--submitted-at``);
+    without it ``started_at`` (a warm worker: when it got the job), else the
+    process start (psutil; to about a second). ``launch``: the launcher
+    received the trigger (``--trigger-received-at``) until the origin (its
+    bookkeeping: ``queued`` and ``submitting`` rows, the ack); ``interpreter``:
+    the origin until ``main`` was entered (process start, Python, this
+    module's imports; a warm worker: handing the job over).
     """
-    origin = process_start_time() if started_at is None else started_at
+    if opts.submitted_at is not None:
+        origin = opts.submitted_at
+    else:
+        origin = process_start_time() if started_at is None else started_at
     timer = PhaseTimer(origin=origin)
     if opts.trigger_received_at is not None:
         timer.add("launch", opts.trigger_received_at, max(origin, opts.trigger_received_at))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -28,10 +29,20 @@ class JobArgs:
     registry: str
 
     def trainer_args(self, run: Run, backend: str, attempt_id: str | None = None) -> list[str]:
-        """The ``python -m trainer.task`` arguments for ``run`` (one submission: ``attempt_id``)."""
+        """The ``python -m trainer.task`` arguments for ``run`` (one submission: ``attempt_id``).
+
+        A run the launcher timed (``run.received_at``) also gets when its trigger
+        arrived and when it is submitted (now: call this right before the submit),
+        the two ends of the trainer's ``launch`` phase.
+        """
         attempt = ["--attempt-id", attempt_id] if attempt_id else []
         if run.received_at is not None:
-            attempt += ["--trigger-received-at", f"{run.received_at:.3f}"]
+            attempt += [
+                "--trigger-received-at",
+                f"{run.received_at:.3f}",
+                "--submitted-at",
+                f"{time.time():.3f}",
+            ]
         return [
             "--config",
             self.config_path,

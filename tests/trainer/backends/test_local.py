@@ -68,8 +68,12 @@ def test_the_trainer_gets_the_time_its_trigger_arrived(tmp_path):
     backend = LocalProcessBackend(JOB, tmp_path)
     assert "--trigger-received-at" not in backend.command(RUN)  # a recovered run: unknown
     received = dataclasses.replace(RUN, received_at=1795690000.1234)
+    before = time.time()
     command = backend.command(received, "attempt-1")
-    assert command[-4:] == ["--attempt-id", "attempt-1", "--trigger-received-at", "1795690000.123"]
+    assert command[-6:-1] == [
+        "--attempt-id", "attempt-1", "--trigger-received-at", "1795690000.123", "--submitted-at",
+    ]  # fmt: skip
+    assert before - 0.001 <= float(command[-1]) <= time.time()  # built right before the submit
 
 
 # A stand-in warm worker: reads the job line, logs its arguments, then sleeps
