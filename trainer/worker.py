@@ -3,11 +3,14 @@
 Started ahead of time by the local backend (``LocalProcessBackend(warm=True)``,
 ``python -m trainer.launcher --warm-trainer``)::
 
-    python -m trainer.worker --marker TOKEN
+    python -m trainer.worker --marker TOKEN [--config CONFIG]
 
 It imports TensorFlow, Keras and the trainer's modules (about 10 s on the
-2-core development machine, the largest part of a cold trainer's start-up),
-then reads **one** job from stdin, a JSON line
+2-core development machine, the largest part of a cold trainer's start-up);
+with ``--config`` it also trains, saves, exports and reloads a throw-away
+model of that config's shape on zeros (``warm_up``), so the run's first
+Keras fit, predict and SavedModel export do not pay TensorFlow's one-time
+set-up either (several seconds under load); then it reads **one** job from stdin, a JSON line
 ``{"argv": [trainer.task arguments], "log_path": PATH}``; sends its own
 output to ``PATH`` (appended) and runs ``trainer.task.main(argv)`` with the
 time it got the job as the run's origin; exits with its status. One job per
@@ -44,6 +47,42 @@ def preload() -> None:
     import trainer.metrics  # noqa: F401
     import trainer.task  # noqa: F401
     import trainer.validation  # noqa: F401
+
+
+def warm_up(config_path: str) -> None:
+    """Runs each TensorFlow code path of a run once on a throw-away model of the config's shape.
+
+    Build, one epoch of fit with validation, predict, ``model.keras`` save and
+    load, SavedModel export and load: what the run's train, evaluate, publish
+    and gates phases do, minus the data. Nothing is kept; the run builds its
+    own model (``build_model`` re-seeds), so its results do not change.
+    """
+    import tempfile
+
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from dataset.config import load_config
+    from model.export import export_saved_model
+    from model.features import feature_dim
+    from model.keras_model import STANDARDIZE_LAYER, build_model
+
+    config = load_config(config_path)
+    x = np.zeros((64, feature_dim(config)), dtype="float32")
+    y = np.zeros((64,), dtype="float32")
+    model = build_model(config)
+    for layer in model.layers:
+        if layer.name == STANDARDIZE_LAYER:
+            layer.adapt(x)
+    model.fit(x, y, epochs=1, batch_size=16, validation_data=(x[:16], y[:16]), verbose=0)
+    model.predict(x, verbose=0)
+    with tempfile.TemporaryDirectory(prefix="warm-up-") as tmp:
+        model.save(f"{tmp}/model.keras")
+        keras.models.load_model(f"{tmp}/model.keras").predict(x, verbose=0)
+        export_saved_model(model, f"{tmp}/saved_model", config)
+        tf.saved_model.load(f"{tmp}/saved_model")
+    keras.backend.clear_session()
 
 
 def parse_job(line: str) -> dict[str, Any]:
@@ -91,9 +130,15 @@ def serve_one(stdin: IO[str]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m trainer.worker", description=__doc__)
     parser.add_argument("--marker", default="", help="a token to find this process by")
-    parser.parse_args(argv)
+    parser.add_argument("--config", help="warm up on a throw-away model of this config's shape")
+    args = parser.parse_args(argv)
     started = time.monotonic()
     preload()
+    if args.config:
+        try:
+            warm_up(args.config)
+        except Exception as e:  # noqa: BLE001 - a cold first fit is a fine fallback
+            print(f"[worker] warm-up skipped: {type(e).__name__}: {e}", flush=True)
     print(f"{READY_LINE} in {time.monotonic() - started:.1f}s", flush=True)
     return serve_one(sys.stdin)
 

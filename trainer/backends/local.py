@@ -105,7 +105,7 @@ class LocalProcessBackend(Backend):
         marker = f"warm-{secrets.token_hex(6)}"
         with open(self.log_dir / "warm-workers.log", "ab") as log:
             process = subprocess.Popen(
-                [*self.worker_program, "--marker", marker],
+                [*self.worker_program, "--marker", marker, "--config", self.job_args.config_path],
                 stdin=subprocess.PIPE,
                 stdout=log,
                 stderr=subprocess.STDOUT,
