@@ -24,11 +24,13 @@ having done nothing. ``TOKEN`` is only there to be found in its command line
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
+import shutil
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import IO, Any
 
 READY_LINE = "[worker] ready"
@@ -49,13 +51,25 @@ def preload() -> None:
     import trainer.validation  # noqa: F401
 
 
-def warm_up(config_path: str) -> None:
+def job_waiting(stream: IO[str]) -> bool:
+    """Whether a job line can be read from ``stream`` now (``select``; False if it cannot tell)."""
+    import select
+
+    try:
+        return bool(select.select([stream], [], [], 0)[0])
+    except (OSError, ValueError, io.UnsupportedOperation):
+        return False
+
+
+def warm_up(config_path: str, stop: Callable[[], bool] = lambda: False) -> int:
     """Runs each TensorFlow code path of a run once on a throw-away model of the config's shape.
 
     Build, one epoch of fit with validation, predict, ``model.keras`` save and
     load, SavedModel export and load: what the run's train, evaluate, publish
     and gates phases do, minus the data. Nothing is kept; the run builds its
     own model (``build_model`` re-seeds), so its results do not change.
+    ``stop`` is asked before each step: a job that arrived meanwhile must not
+    wait for the rest. Returns how many of the 4 steps ran.
     """
     import tempfile
 
@@ -72,17 +86,36 @@ def warm_up(config_path: str) -> None:
     x = np.zeros((64, feature_dim(config)), dtype="float32")
     y = np.zeros((64,), dtype="float32")
     model = build_model(config)
-    for layer in model.layers:
-        if layer.name == STANDARDIZE_LAYER:
-            layer.adapt(x)
-    model.fit(x, y, epochs=1, batch_size=16, validation_data=(x[:16], y[:16]), verbose=0)
-    model.predict(x, verbose=0)
-    with tempfile.TemporaryDirectory(prefix="warm-up-") as tmp:
-        model.save(f"{tmp}/model.keras")
-        keras.models.load_model(f"{tmp}/model.keras").predict(x, verbose=0)
+    tmp = tempfile.mkdtemp(prefix="warm-up-")
+
+    def train() -> None:
+        for layer in model.layers:
+            if layer.name == STANDARDIZE_LAYER:
+                layer.adapt(x)
+        model.fit(x, y, epochs=1, batch_size=16, validation_data=(x[:16], y[:16]), verbose=0)
+        model.predict(x, verbose=0)
+
+    def export() -> None:
         export_saved_model(model, f"{tmp}/saved_model", config)
         tf.saved_model.load(f"{tmp}/saved_model")
-    keras.backend.clear_session()
+
+    steps = [
+        train,
+        lambda: model.save(f"{tmp}/model.keras"),
+        lambda: keras.models.load_model(f"{tmp}/model.keras").predict(x, verbose=0),
+        export,
+    ]
+    done = 0
+    try:
+        for step in steps:
+            if stop():
+                break
+            step()
+            done += 1
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        keras.backend.clear_session()
+    return done
 
 
 def parse_job(line: str) -> dict[str, Any]:
@@ -136,7 +169,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     preload()
     if args.config:
         try:
-            warm_up(args.config)
+            steps = warm_up(args.config, stop=lambda: job_waiting(sys.stdin))
+            print(f"[worker] warmed up ({steps} of 4 steps)", flush=True)
         except Exception as e:  # noqa: BLE001 - a cold first fit is a fine fallback
             print(f"[worker] warm-up skipped: {type(e).__name__}: {e}", flush=True)
     print(f"{READY_LINE} in {time.monotonic() - started:.1f}s", flush=True)

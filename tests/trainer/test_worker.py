@@ -46,3 +46,27 @@ def test_warm_up_leaves_the_runs_model_as_a_cold_process_builds_it(tmp_path):
     for a, b in zip(after.get_weights(), before, strict=True):
         np.testing.assert_array_equal(a, b)
     assert [layer.name for layer in after.layers][-1] == "prediction"
+
+
+def test_a_waiting_job_cuts_the_warm_up_short():
+    asked = []
+
+    def stop() -> bool:
+        asked.append(True)
+        return len(asked) > 1  # a job arrived during the first step
+
+    assert warm_up("configs/traffic.yaml", stop=stop) == 1
+
+
+def test_job_waiting_sees_a_line_on_a_pipe():
+    import os
+
+    from trainer.worker import job_waiting
+
+    read_fd, write_fd = os.pipe()
+    with os.fdopen(read_fd) as reader, os.fdopen(write_fd, "w") as writer:
+        assert not job_waiting(reader)
+        writer.write('{"argv": [], "log_path": "x"}\n')
+        writer.flush()
+        assert job_waiting(reader)
+    assert not job_waiting(io.StringIO("no file descriptor"))

@@ -4,11 +4,14 @@ Cold (the default): each run starts ``python -m trainer.task``, which spends
 about 10 s (on the 2-core development machine) starting Python and importing
 TensorFlow before it reads a row. Warm (``warm=True``, the launcher's
 ``--warm-trainer``): one spare ``python -m trainer.worker`` is started ahead,
-imports TensorFlow and waits; a run is handed to it on stdin and the run's
-clock starts there. After a run ends the backend starts the next spare, so a
-worker serves one run and none shares a TensorFlow process with another. The
-spare costs the memory of an idle TensorFlow process (about 0.5 GiB RSS) and
-exits by itself when the launcher goes away (its stdin closes).
+imports TensorFlow, warms up on the config's model shape and waits; a run is
+handed to it on stdin, and the next spare starts at once (it imports while
+the run trains). A worker serves one run, so no two runs share a TensorFlow
+process. A spare costs the memory of an idle TensorFlow process (about
+0.75 GiB RSS here) and exits by itself when the launcher goes away (its stdin
+closes). A run that finds the spare still importing waits for the rest of
+the import (the trainer's ``interpreter`` phase shows it), still less than a
+cold start; a run that finds it dead starts cold.
 """
 
 from __future__ import annotations
@@ -165,6 +168,10 @@ class LocalProcessBackend(Backend):
                 return self._hand_to_spare(run, attempt_id, log_path)
             except OSError as e:
                 logger.warning("%s; starting %s cold", e, run.run_id)
+            finally:
+                # The next spare starts now: importing while this run trains, it is
+                # ready about one import after this trigger, not one run + one import.
+                self._start_spare()
         cmd = self.command(run, attempt_id)
         # In its own session: Ctrl-C on the launcher must not kill it at once.
         process = processes.start_logged(
@@ -184,8 +191,6 @@ class LocalProcessBackend(Backend):
         code = handle.process.poll()
         if code is None:
             return JobState("running")
-        if self.warm and self._spare is None:
-            self._start_spare()  # after the run, so it does not compete with the training
         if code == 0:
             return JobState("exited")
         if code == REFUSED_EXIT_CODE:

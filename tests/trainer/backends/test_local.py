@@ -108,13 +108,15 @@ def test_a_warm_backend_hands_runs_to_its_spare_and_replaces_it(tmp_path):
         first_spare = backend._spare[0]
         handle = backend.submit(RUN, "attempt-1")
         assert handle.pid == first_spare.pid and handle.marker.startswith("warm-")
-        assert backend._spare is None  # one run per worker
+        # One run per worker: the next spare starts at once, while this run trains.
+        assert backend._spare is not None and backend._spare[0].pid != first_spare.pid
         assert _wait_done(backend, handle).state == "exited"
         log = Path(handle.log_path).read_text()
         assert "launcher: warm worker" in log and "cold trainer" not in log
         assert "stand-in worker ran: --config c.yaml" in log and "--attempt-id attempt-1" in log
-        # The run ended: a fresh spare waits for the next one.
-        assert backend._spare is not None and backend._spare[0].pid != first_spare.pid
+        second = backend.submit(dataclasses.replace(RUN, run_id="run-2"))
+        assert second.marker not in (None, handle.marker)  # the second spare took it
+        assert _wait_done(backend, second).state == "exited"
     finally:
         backend.close()
     assert backend._spare is None
