@@ -218,8 +218,23 @@ def _ingested_at(client, dataset: str, config, example_id: str) -> float | None:
     return _epoch(rows[0]["at"]) if rows else None
 
 
-def _one_retrain(client, dataset, config, sink: RecordingSink, trigger, run, registry_events):
-    """The timeline of one retrain whose version scored a prediction; None if not yet."""
+def _phases_of(run: dict | None) -> list[dict]:
+    if not run or not run.get("metrics"):
+        return []
+    return (json.loads(run["metrics"]).get("phases") or {}).get("phases") or []
+
+
+def _one_retrain(
+    client, dataset, config, sink: RecordingSink, trigger, run, registry_events, previous=None
+):
+    """The timeline of one retrain whose version scored a prediction; None if not yet.
+
+    ``previous``: the trigger row and run row before this one, for two details
+    that are inside the segments: ``debounce_hold_s`` (in ``count_and_trigger``:
+    how long ``min_interval_seconds`` after the previous trigger's newest example
+    outlasted the N-th label) and ``previous_run_busy_s`` (in
+    ``trigger_delivery``: the previous run still held the launcher's one slot).
+    """
     n = config.retraining.min_new_examples
     if run is None or run["status"] != "succeeded" or not run.get("model_version"):
         return None
@@ -240,6 +255,15 @@ def _one_retrain(client, dataset, config, sink: RecordingSink, trigger, run, reg
     ingested = _ingested_at(client, dataset, config, example_id)
     parts = breakdown(t_label, ingested, created, phases, first)
     promoted_at = registry_events.get(version)
+    hold = busy = 0.0
+    if previous is not None:
+        prev_trigger, prev_run = previous
+        prev_end = _epoch(prev_trigger.get("event_time_end"))
+        if prev_end is not None:
+            hold = max(0.0, prev_end + config.retraining.min_interval_seconds - t_label)
+        prev_phases = _phases_of(prev_run)
+        if prev_phases:
+            busy = max(0.0, prev_phases[-1]["end"] - created)
     return {
         "trigger_id": trigger["trigger_id"],
         "reason": trigger["reason"],
@@ -249,6 +273,8 @@ def _one_retrain(client, dataset, config, sink: RecordingSink, trigger, run, reg
         "model_version": version,
         "freshness_s": round(first - t_label, 3),
         "breakdown": parts,
+        "debounce_hold_s": round(hold, 3),
+        "previous_run_busy_s": round(busy, 3),
         "label_to_promotion_s": round(promoted_at - t_label, 3) if promoted_at else None,
         "trainer_total_s": metrics.get("timings_s", {}).get("total_s"),
     }
@@ -379,12 +405,16 @@ def measure(
             triggers, runs_by_trigger = _retrain_rows(client, dataset, config)
             finished_runs = len(runs_by_trigger)
             promotions = _promotions(registry)
-            for trigger in triggers:
+            for i, trigger in enumerate(triggers):
                 if trigger["trigger_id"] in done:
                     continue
+                previous = None
+                if i:
+                    before = triggers[i - 1]
+                    previous = (before, runs_by_trigger.get(before["trigger_id"]))
                 timeline = _one_retrain(
                     client, dataset, config, sink, trigger,
-                    runs_by_trigger.get(trigger["trigger_id"]), promotions,
+                    runs_by_trigger.get(trigger["trigger_id"]), promotions, previous,
                 )  # fmt: skip
                 if timeline is not None:
                     done[trigger["trigger_id"]] = timeline

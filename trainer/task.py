@@ -39,12 +39,27 @@ Steps (each prints a ``[trainer] ...`` progress line):
    ``passed`` and promote (reason ``run <run_id>``); otherwise status
    ``rejected`` with the reasons (the version is kept for inspection);
 9. record the final status: ``succeeded`` (promoted) or ``rejected`` (a gate
-   refused), with ``metrics`` (candidate, current, train, ``timings_s``) and
-   ``gate_decisions`` (data validation, infra, quality) as JSON strings.
+   refused), with ``metrics`` (candidate, current, train, ``timings_s``,
+   ``phases``) and ``gate_decisions`` (data validation, infra, quality) as
+   JSON strings.
 
-Any exception records ``failed`` with the error and exits 1. The last stdout
-line is a JSON summary ``{"run_id", "status", "model_version", "promoted",
-"reason", "metrics", "rows_train", "rows_validation", "timings_s", ...}``.
+Any exception records ``failed`` with the error (and the timings so far) and
+exits 1. The last stdout line is a JSON summary ``{"run_id", "status",
+"model_version", "promoted", "reason", "metrics", "rows_train",
+"rows_validation", "timings_s", "phases", ...}``.
+
+**Timings** (``trainer.timing.PhaseTimer``): each step is a phase with its
+wall-clock start and end, in ``metrics.phases`` (``origin`` and the list) and
+as ``metrics.timings_s`` (``<phase>_s`` seconds and ``total_s``), and logged as
+one ``[trainer] phases: ...`` line. The phases, in order: ``launch`` (the
+launcher received the trigger, ``--trigger-received-at``, until it submitted
+the job, ``--submitted-at``, the run's origin), ``interpreter`` (origin until
+``main`` runs: process start and Python imports; a warm worker: the hand-over),
+``import`` (TensorFlow and Keras), ``setup`` (config, BigQuery client,
+registry), ``claim`` (claim and the ``running`` row), ``read``, ``validate``,
+``train``, ``evaluate``, ``publish`` (metadata, ``model.keras`` and the
+SavedModel written to the registry), ``gates``, ``promote`` (status and
+``CURRENT``).
 """
 
 from __future__ import annotations
