@@ -34,6 +34,10 @@ trainer phases              ``interpreter, import, setup, claim, read, validate,
 
 ``freshness_s`` is the sum: first prediction by the new version minus
 ``t_label``. The figure reported is the median over the retrains of one run.
+Only ``new_data`` triggers are timed: one fired by ``quality`` or ``schedule``
+has no N-th label (it fires before N). Two details sit inside the segments:
+``debounce_hold_s`` (``count_and_trigger``) and ``previous_run_busy_s``
+(``trigger_delivery``: the launcher's one slot was still taken).
 
     python -m benchmarks.freshness [--retrains 3] [--rate 16] [--model-poll-seconds 5]
         [--modes warm,cold] [--config configs/traffic.yaml]
@@ -408,6 +412,8 @@ def measure(
             for i, trigger in enumerate(triggers):
                 if trigger["trigger_id"] in done:
                     continue
+                if trigger["reason"] != "new_data":
+                    continue  # fired by the schedule or quality: no N-th label to time from
                 previous = None
                 if i:
                     before = triggers[i - 1]
@@ -436,6 +442,10 @@ def measure(
         "freshness_s": _median([t["freshness_s"] for t in timelines]),
         "breakdown": {s: _median([t["breakdown"][s] for t in timelines]) for s in SEGMENTS},
         "retrains_measured": len(timelines),
+        "triggers_by_reason": {
+            r: [t["reason"] for t in triggers].count(r)
+            for r in sorted({t["reason"] for t in triggers})
+        },
         "retrains_wanted": retrains,
         "triggers": len(triggers),
         "runs_finished": finished_runs,
