@@ -281,6 +281,7 @@ def _one_retrain(
         "previous_run_busy_s": round(busy, 3),
         "label_to_promotion_s": round(promoted_at - t_label, 3) if promoted_at else None,
         "trainer_total_s": metrics.get("timings_s", {}).get("total_s"),
+        "epochs": metrics.get("epochs"),
     }
 
 

@@ -156,7 +156,11 @@ def _truncate(text: str, limit: int = MAX_REASON_CHARS) -> str:
 
 
 def _train(config: DatasetConfig, train_rows, registry, opts: TaskOptions, current_version):
-    """Builds (optionally warm-starts) and fits the model; returns (model, warm_started)."""
+    """Builds (optionally warm-starts) and fits the model.
+
+    Returns:
+        (model, warm_started, epochs run).
+    """
     from model.features import encode_batch, label_array
     from model.keras_model import build_model, fit
 
@@ -180,14 +184,14 @@ def _train(config: DatasetConfig, train_rows, registry, opts: TaskOptions, curre
         validation = (encode_batch(stop_rows, config), label_array(stop_rows, config))
     except ValueError:
         fit_rows, validation = list(train_rows), None
-    fit(
+    history = fit(
         model,
         encode_batch(fit_rows, config),
         label_array(fit_rows, config),
         epochs=opts.epochs,
         validation=validation,
     )
-    return model, warm
+    return model, warm, len(history.history.get("loss", []))
 
 
 def _quarantine(client, opts, config, result, window, run: _Run) -> int:
@@ -328,8 +332,8 @@ def run_task(
     )
 
     with run.timer.phase("train"):
-        model, warm = _train(config, train_rows, registry, opts, current_version)
-    _say(f"trained in {run.timings['train_s']:.1f}s ({opts.epochs} epochs max)")
+        model, warm, epochs = _train(config, train_rows, registry, opts, current_version)
+    _say(f"trained in {run.timings['train_s']:.1f}s ({epochs} epochs run)")
 
     with run.timer.phase("evaluate"):
         x_val, y_val = encode_batch(val_rows, config), label_array(val_rows, config)
@@ -421,6 +425,7 @@ def run_task(
         "current": current_metrics,
         "current_version": cur_version,
         "train": train_metrics,
+        "epochs": epochs,
         **run.timing_metrics(),
     }
     _say(f"phases: {run.timer.summary()}")

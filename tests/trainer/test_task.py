@@ -325,6 +325,7 @@ def test_the_run_record_has_every_phase_in_order(tmp_path, capsys):
     assert timings["total_s"] >= sum(p["seconds"] for p in phases[1:]) - 0.01
     assert summary["timings_s"] == pytest.approx(timings, abs=0.5)
     assert "[trainer] phases: launch 0.25s, interpreter " in out
+    assert 1 <= metrics["epochs"] <= 200 and f"({metrics['epochs']} epochs run)" in out
 
 
 def test_the_timer_origin_falls_back_to_the_given_start_then_the_process_start():
