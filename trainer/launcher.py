@@ -504,7 +504,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "--warm-trainer",
         action="store_true",
         help="local backend: keep one trainer process with TensorFlow imported, waiting for "
-        "the next run (saves its start-up, ~10 s here; costs ~0.5 GiB while idle)",
+        "the next run (saves its start-up, 10-28 s here; costs ~0.7 GiB while idle)",
     )
     p.add_argument("--poll-seconds", type=float, default=2.0)
     p.add_argument("--monitor-seconds", type=float, default=15.0)

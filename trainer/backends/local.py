@@ -8,7 +8,7 @@ imports TensorFlow, warms up on the config's model shape and waits; a run is
 handed to it on stdin, and the next spare starts at once (it imports while
 the run trains). A worker serves one run, so no two runs share a TensorFlow
 process. A spare costs the memory of an idle TensorFlow process (about
-0.75 GiB RSS here) and exits by itself when the launcher goes away (its stdin
+0.7 GiB RSS here) and exits by itself when the launcher goes away (its stdin
 closes). A run that finds the spare still importing waits for the rest of
 the import (the trainer's ``interpreter`` phase shows it), still less than a
 cold start; a run that finds it dead starts cold.
