@@ -156,7 +156,7 @@ def train_model(config: DatasetConfig, rows: list[dict], opts: BacktestOptions, 
 
     task_opts = types.SimpleNamespace(seed=opts.seed, epochs=opts.epochs)
     registry = registry or _Registry()
-    model, _ = _train(config, rows, registry, task_opts, registry.current_version())
+    model, _, _ = _train(config, rows, registry, task_opts, registry.current_version())
     return model
 
 

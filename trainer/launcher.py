@@ -5,6 +5,7 @@ A long-running service next to the streaming pipeline::
     python -m trainer.launcher --project P --config configs/traffic.yaml \\
         --subscription projects/P/subscriptions/retrain-launcher --bq_dataset D \\
         --registry .local/registry [--backend local|vertex] [--max-concurrent 1] \\
+        [--warm-trainer] \\
         [--poll-seconds 2] [--monitor-seconds 15] [--grace-seconds 120] \\
         [--lookback-days 30] [--duration SECONDS] [--state-dir DIR] [--stats-file PATH]
 
@@ -247,8 +248,19 @@ class Launcher:
             timeout=API_TIMEOUT_SECONDS,
         )
 
-    def handle_message(self, ack_id: str, data: bytes, attributes: Mapping[str, str]) -> str:
-        """Handles one pulled trigger; returns ``malformed``/``duplicate``/``queued``/``error``."""
+    def handle_message(
+        self,
+        ack_id: str,
+        data: bytes,
+        attributes: Mapping[str, str],
+        received_at: float | None = None,
+    ) -> str:
+        """Handles one pulled trigger; returns ``malformed``/``duplicate``/``queued``/``error``.
+
+        ``received_at``: epoch seconds the message was pulled (default: now); the
+        run carries it, so its launch is timed from the trigger's receipt.
+        """
+        received_at = time.time() if received_at is None else received_at
         self.stats["triggers_received"] += 1
         try:
             trigger = parse_trigger(data, attributes, self.config.name)
@@ -257,7 +269,7 @@ class Launcher:
             self.stats["malformed_triggers"] += 1
             self._ack(ack_id)
             return "malformed"
-        run = Run.from_trigger(trigger)
+        run = Run.from_trigger(trigger, received_at)
         try:
             existing = self.jobs.latest(trigger.trigger_id)
             if existing is not None:
@@ -315,9 +327,10 @@ class Launcher:
         except (gexc.DeadlineExceeded, gexc.ServiceUnavailable) as e:
             logger.debug("pull: %s", type(e).__name__)
             return 0
+        received_at = time.time()
         for received in response.received_messages:
             msg = received.message
-            self.handle_message(received.ack_id, msg.data, dict(msg.attributes))
+            self.handle_message(received.ack_id, msg.data, dict(msg.attributes), received_at)
         return len(response.received_messages)
 
     # ------------------------------------------------------------ monitor
@@ -458,6 +471,7 @@ class Launcher:
                 len(self.in_flight),
                 self.backend.name,
             )
+        self.backend.close()
         self.write_stats()
         self._progress(force=True)
         if self._subscriber is not None:
@@ -486,6 +500,12 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--registry", required=True, help="model registry root (dir or gs://)")
     p.add_argument("--backend", choices=("local", "vertex"), default="local")
     p.add_argument("--max-concurrent", type=int, default=1)
+    p.add_argument(
+        "--warm-trainer",
+        action="store_true",
+        help="local backend: keep one trainer process with TensorFlow imported, waiting for "
+        "the next run (saves its start-up, 10-28 s here; costs ~0.7 GiB while idle)",
+    )
     p.add_argument("--poll-seconds", type=float, default=2.0)
     p.add_argument("--monitor-seconds", type=float, default=15.0)
     p.add_argument(
@@ -528,6 +548,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ValueError("--max-concurrent must be >= 1")
         if not args.lookback_days > 0:
             raise ValueError("--lookback-days must be positive")
+        if args.warm_trainer and args.backend != "local":
+            raise ValueError("--warm-trainer is for --backend local only")
         bq_project = args.bq_project or args.project
         state_dir = Path(args.state_dir or Path(".local/launcher") / config.name)
         job_args = JobArgs(args.config, bq_project, args.bq_dataset, args.registry)
@@ -537,7 +559,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             backend: Backend = vertex.backend_from_args(args, job_args)
         else:
             program = args.trainer_program.split() if args.trainer_program else None
-            backend = LocalProcessBackend(job_args, state_dir, program=program)
+            backend = LocalProcessBackend(
+                job_args, state_dir, program=program, warm=args.warm_trainer
+            )
         from dataset.resources import bigquery_client
 
         client = bigquery_client(bq_project)

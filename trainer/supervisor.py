@@ -290,12 +290,18 @@ class JobSupervisor:
             self._drop_record(run.run_id)
             return "failed"
         self._track(run, attempt_id, handle, "runs_started")
+        launch = ""
+        if run.received_at is not None:  # trigger received -> job launched
+            seconds = round(time.time() - run.received_at, 3)
+            self.stats["last_launch"] = {"run_id": run.run_id, "launch_s": seconds}
+            launch = f" {seconds:.2f} s after the trigger arrived"
         logger.info(
-            "started %s (trigger %s, %s) on %s: %s",
+            "started %s (trigger %s, %s) on %s%s: %s",
             run.run_id,
             run.trigger_id,
             run.reason,
             self.backend.name,
+            launch,
             self.backend.describe(handle),
         )
         return "started"

@@ -39,12 +39,27 @@ Steps (each prints a ``[trainer] ...`` progress line):
    ``passed`` and promote (reason ``run <run_id>``); otherwise status
    ``rejected`` with the reasons (the version is kept for inspection);
 9. record the final status: ``succeeded`` (promoted) or ``rejected`` (a gate
-   refused), with ``metrics`` (candidate, current, train, ``timings_s``) and
-   ``gate_decisions`` (data validation, infra, quality) as JSON strings.
+   refused), with ``metrics`` (candidate, current, train, ``timings_s``,
+   ``phases``) and ``gate_decisions`` (data validation, infra, quality) as
+   JSON strings.
 
-Any exception records ``failed`` with the error and exits 1. The last stdout
-line is a JSON summary ``{"run_id", "status", "model_version", "promoted",
-"reason", "metrics", "rows_train", "rows_validation", "timings_s", ...}``.
+Any exception records ``failed`` with the error (and the timings so far) and
+exits 1. The last stdout line is a JSON summary ``{"run_id", "status",
+"model_version", "promoted", "reason", "metrics", "rows_train",
+"rows_validation", "timings_s", "phases", ...}``.
+
+**Timings** (``trainer.timing.PhaseTimer``): each step is a phase with its
+wall-clock start and end, in ``metrics.phases`` (``origin`` and the list) and
+as ``metrics.timings_s`` (``<phase>_s`` seconds and ``total_s``), and logged as
+one ``[trainer] phases: ...`` line. The phases, in order: ``launch`` (the
+launcher received the trigger, ``--trigger-received-at``, until it submitted
+the job, ``--submitted-at``, the run's origin), ``interpreter`` (origin until
+``main`` runs: process start and Python imports; a warm worker: the hand-over),
+``import`` (TensorFlow and Keras), ``setup`` (config, BigQuery client,
+registry), ``claim`` (claim and the ``running`` row), ``read``, ``validate``,
+``train``, ``evaluate``, ``publish`` (metadata, ``model.keras`` and the
+SavedModel written to the registry), ``gates``, ``promote`` (status and
+``CURRENT``).
 """
 
 from __future__ import annotations
@@ -61,6 +76,7 @@ from typing import Any
 from dataset.config import DatasetConfig, load_config
 from trainer import claims, runs
 from trainer import data as data_lib
+from trainer.timing import PhaseTimer, process_start_time
 from trainer.validation import DRIFT_BLOCK_THRESHOLD, MIN_ROWS
 
 EARLY_STOPPING_FRACTION = 0.1
@@ -95,21 +111,28 @@ class TaskOptions:
     training_file: str | None = None
     metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
     attempt_id: str | None = None  # the launcher's submission (trainer.claims)
+    trigger_received_at: float | None = None  # epoch s the launcher pulled the trigger
+    submitted_at: float | None = None  # epoch s the launcher submitted this job
 
 
 class _Run:
     """Collects the facts of one run for the status rows and the summary."""
 
-    def __init__(self, opts: TaskOptions, config: DatasetConfig):
+    def __init__(self, opts: TaskOptions, config: DatasetConfig, timer: PhaseTimer):
         self.opts = opts
         self.config = config
         self.started_at = runs.utcnow()
-        self.t0 = time.monotonic()
-        self.timings: dict[str, float] = {}
+        self.timer = timer
         self.fields: dict[str, Any] = {}
 
-    def timed(self, name: str, since: float) -> None:
-        self.timings[name] = round(time.monotonic() - since, 3)
+    @property
+    def timings(self) -> dict[str, float]:
+        """Each phase's seconds, and ``total_s`` from the timer's origin."""
+        return {**self.timer.seconds(), "total_s": self.timer.total_s()}
+
+    def timing_metrics(self) -> dict[str, Any]:
+        """What the status rows' ``metrics`` carry about time: durations and the timeline."""
+        return {"timings_s": self.timings, "phases": self.timer.to_dict()}
 
     def row(self, status: str, **fields: Any) -> dict[str, Any]:
         return {
@@ -133,7 +156,11 @@ def _truncate(text: str, limit: int = MAX_REASON_CHARS) -> str:
 
 
 def _train(config: DatasetConfig, train_rows, registry, opts: TaskOptions, current_version):
-    """Builds (optionally warm-starts) and fits the model; returns (model, warm_started)."""
+    """Builds (optionally warm-starts) and fits the model.
+
+    Returns:
+        (model, warm_started, epochs run).
+    """
     from model.features import encode_batch, label_array
     from model.keras_model import build_model, fit
 
@@ -157,14 +184,14 @@ def _train(config: DatasetConfig, train_rows, registry, opts: TaskOptions, curre
         validation = (encode_batch(stop_rows, config), label_array(stop_rows, config))
     except ValueError:
         fit_rows, validation = list(train_rows), None
-    fit(
+    history = fit(
         model,
         encode_batch(fit_rows, config),
         label_array(fit_rows, config),
         epochs=opts.epochs,
         validation=validation,
     )
-    return model, warm
+    return model, warm, len(history.history.get("loss", []))
 
 
 def _quarantine(client, opts, config, result, window, run: _Run) -> int:
@@ -192,46 +219,49 @@ def run_task(
     client,
     registry,
     state: dict[str, Any] | None = None,
+    timer: PhaseTimer | None = None,
 ) -> dict[str, Any]:
     """Runs the steps; returns the summary. Exceptions propagate (``main`` records them).
 
     ``state``, if given, is filled with the run's facts as they become known
     (data range, row counts, model version), so a failure can record them.
+    ``timer`` (default: a new one starting now) gets one phase per step:
+    ``claim, read, validate, train, evaluate, publish, gates, promote``.
     """
     from model.features import encode_batch, label_array
     from trainer import gates
     from trainer.metrics import evaluate
     from trainer.validation import validate
 
-    run = _Run(opts, config)
+    run = _Run(opts, config, timer if timer is not None else PhaseTimer())
     if state is not None:
         run.fields = state
     table = runs.runs_table(opts.project, opts.bq_dataset, config)
-    # One trainer per run: raises RunOwnedElsewhere if another trainer claimed it.
-    claims.claim(registry.root, opts.run_id, opts.attempt_id, backend=opts.backend)
-    runs.record_run_status(client, table, run.row("running"))
+    with run.timer.phase("claim"):
+        # One trainer per run: raises RunOwnedElsewhere if another trainer claimed it.
+        claims.claim(registry.root, opts.run_id, opts.attempt_id, backend=opts.backend)
+        runs.record_run_status(client, table, run.row("running"))
     _say(f"run {opts.run_id} (trigger {opts.trigger_id}, backend {opts.backend}): running")
     task = config.label.task
     policy = config.retraining
 
-    t = time.monotonic()
-    if opts.training_file:
-        source = opts.training_file
-        rows = data_lib.read_training_file(
-            source, config, rows=opts.rows, start=opts.start, end=opts.end
-        )
-    else:
-        source = f"{opts.project}.{opts.bq_dataset}.{config.tables.training_examples}"
-        rows = data_lib.read_training_window(
-            client,
-            opts.project,
-            opts.bq_dataset,
-            config,
-            rows=opts.rows,
-            start=opts.start,
-            end=opts.end,
-        )
-    run.timed("read_s", t)
+    with run.timer.phase("read"):
+        if opts.training_file:
+            source = opts.training_file
+            rows = data_lib.read_training_file(
+                source, config, rows=opts.rows, start=opts.start, end=opts.end
+            )
+        else:
+            source = f"{opts.project}.{opts.bq_dataset}.{config.tables.training_examples}"
+            rows = data_lib.read_training_window(
+                client,
+                opts.project,
+                opts.bq_dataset,
+                config,
+                rows=opts.rows,
+                start=opts.start,
+                end=opts.end,
+            )
     window = data_lib.time_range(rows)
     run.fields.update(data_start=window["start"], data_end=window["end"])
     _say(
@@ -239,19 +269,18 @@ def run_task(
         f"in {run.timings['read_s']:.2f}s"
     )
 
-    t = time.monotonic()
-    current = registry.current()
-    current_version = current.version if current else None
-    previous_stats = (current.metadata.get("statistics") if current else None) or None
-    result = validate(
-        rows,
-        config,
-        previous_stats,
-        min_rows=opts.min_rows,
-        block_on_drift=opts.block_on_drift,
-        drift_block_threshold=opts.drift_block_threshold,
-    )
-    run.timed("validate_s", t)
+    with run.timer.phase("validate"):
+        current = registry.current()
+        current_version = current.version if current else None
+        previous_stats = (current.metadata.get("statistics") if current else None) or None
+        result = validate(
+            rows,
+            config,
+            previous_stats,
+            min_rows=opts.min_rows,
+            block_on_drift=opts.block_on_drift,
+            drift_block_threshold=opts.drift_block_threshold,
+        )
     validation_summary = {
         "ok": result.ok,
         "errors": result.errors,
@@ -264,7 +293,6 @@ def run_task(
         reason = _truncate(f"data validation: {result.summary()}")
         _say(f"data validation failed ({len(result.errors)} errors): {result.summary()}")
         _say(f"quarantined: {count} rows in {config.tables.data_quarantine}")
-        run.timings["total_s"] = round(time.monotonic() - run.t0, 3)
         runs.record_run_status(
             client,
             table,
@@ -273,7 +301,7 @@ def run_task(
                 reason=reason,
                 finished_at=runs.utcnow(),
                 promoted=False,
-                metrics={"rows": len(rows), "timings_s": run.timings},
+                metrics={"rows": len(rows), **run.timing_metrics()},
                 gate_decisions={"data_validation": validation_summary},
                 **run.fields,
             ),
@@ -288,7 +316,7 @@ def run_task(
             "promoted": False,
             "rows": len(rows),
             "anomalies": result.errors,
-            "timings_s": run.timings,
+            **run.timing_metrics(),
         }
     if result.warnings:
         _say(f"data validation passed with warnings: {result.summary(severity='warning')}")
@@ -303,21 +331,19 @@ def run_task(
         f"{len(val_rows)} validation rows"
     )
 
-    t = time.monotonic()
-    model, warm = _train(config, train_rows, registry, opts, current_version)
-    run.timed("train_s", t)
-    _say(f"trained in {run.timings['train_s']:.1f}s ({opts.epochs} epochs max)")
+    with run.timer.phase("train"):
+        model, warm, epochs = _train(config, train_rows, registry, opts, current_version)
+    _say(f"trained in {run.timings['train_s']:.1f}s ({epochs} epochs run)")
 
-    t = time.monotonic()
-    x_val, y_val = encode_batch(val_rows, config), label_array(val_rows, config)
-    metrics = evaluate(model, x_val, y_val, task)
-    train_metrics = evaluate(
-        model, encode_batch(train_rows, config), label_array(train_rows, config), task
-    )
-    cur_version, current_metrics, current_error = gates.current_model_metrics(
-        registry, x_val, y_val, task
-    )
-    run.timed("evaluate_s", t)
+    with run.timer.phase("evaluate"):
+        x_val, y_val = encode_batch(val_rows, config), label_array(val_rows, config)
+        metrics = evaluate(model, x_val, y_val, task)
+        train_metrics = evaluate(
+            model, encode_batch(train_rows, config), label_array(train_rows, config), task
+        )
+        cur_version, current_metrics, current_error = gates.current_model_metrics(
+            registry, x_val, y_val, task
+        )
     _say(f"candidate on validation: {_short(metrics)}")
     if current_metrics is not None:
         _say(f"current {cur_version} on the same rows: {_short(current_metrics)}")
@@ -326,82 +352,83 @@ def run_task(
 
     from model.features import feature_columns, feature_dim
 
-    t = time.monotonic()
-    metadata = {
-        "dataset": config.name,
-        "config_path": config.source_path,
-        "source": "continuous-training",
-        "task": task,
-        "training_data": {
-            "start": window["start"],
-            "end": window["end"],
-            "rows": len(rows),
-            "rows_train": len(train_rows),
-            "rows_validation": len(val_rows),
-            "train_start": train_range["start"],
-            "train_end": train_range["end"],
-        },
-        "validation_data": val_range,
-        "metrics": metrics,
-        "train_metrics": train_metrics,
-        "current_metrics": current_metrics,
-        "statistics": result.statistics,
-        "data_validation": validation_summary,
-        "run_id": opts.run_id,
-        "trigger_id": opts.trigger_id,
-        "parent_version": current_version,
-        "warm_started": warm,
-        "features": {"dim": feature_dim(config), "columns": feature_columns(config)},
-        "trainer": "trainer.task",
-        "backend": opts.backend,
-        "training_source": source,
-        **opts.metadata,
-    }
-    version = registry.publish(model, metadata, status="candidate", config=config)
+    with run.timer.phase("publish"):
+        metadata = {
+            "dataset": config.name,
+            "config_path": config.source_path,
+            "source": "continuous-training",
+            "task": task,
+            "training_data": {
+                "start": window["start"],
+                "end": window["end"],
+                "rows": len(rows),
+                "rows_train": len(train_rows),
+                "rows_validation": len(val_rows),
+                "train_start": train_range["start"],
+                "train_end": train_range["end"],
+            },
+            "validation_data": val_range,
+            "metrics": metrics,
+            "train_metrics": train_metrics,
+            "current_metrics": current_metrics,
+            "statistics": result.statistics,
+            "data_validation": validation_summary,
+            "run_id": opts.run_id,
+            "trigger_id": opts.trigger_id,
+            "parent_version": current_version,
+            "warm_started": warm,
+            "features": {"dim": feature_dim(config), "columns": feature_columns(config)},
+            "trainer": "trainer.task",
+            "backend": opts.backend,
+            "training_source": source,
+            **opts.metadata,
+        }
+        version = registry.publish(model, metadata, status="candidate", config=config)
     run.fields["model_version"] = version
-    run.timed("publish_s", t)
     _say(f"published candidate {version} to {registry.root}")
 
-    t = time.monotonic()
-    infra = gates.infra_check(
-        registry,
-        version,
-        x_val[:INFRA_SAMPLE_ROWS],
-        time_limit_s=opts.infra_time_limit_s,
-        task=task,
-    )
-    _say(f"infra gate: {'pass' if infra.passed else 'FAIL'}: {'; '.join(infra.reasons)}")
-    quality = gates.quality_check(metrics, current_metrics, policy, task)
-    if current_error:
-        quality = dataclasses.replace(
-            quality,
-            reasons=[*quality.reasons, f"current {cur_version} not evaluable: {current_error}"],
+    with run.timer.phase("gates"):
+        infra = gates.infra_check(
+            registry,
+            version,
+            x_val[:INFRA_SAMPLE_ROWS],
+            time_limit_s=opts.infra_time_limit_s,
+            task=task,
         )
-    _say(f"quality gate: {'pass' if quality.passed else 'FAIL'}: {'; '.join(quality.reasons)}")
-    run.timed("gates_s", t)
+        _say(f"infra gate: {'pass' if infra.passed else 'FAIL'}: {'; '.join(infra.reasons)}")
+        quality = gates.quality_check(metrics, current_metrics, policy, task)
+        if current_error:
+            quality = dataclasses.replace(
+                quality,
+                reasons=[*quality.reasons, f"current {cur_version} not evaluable: {current_error}"],
+            )
+        _say(f"quality gate: {'pass' if quality.passed else 'FAIL'}: {'; '.join(quality.reasons)}")
     passed = infra.passed and quality.passed
     reasons = [f"{g.name}: {r}" for g in (infra, quality) for r in g.reasons]
     if passed:
-        registry.set_status(version, "passed", reasons)
-        registry.promote(version, reason=f"run {opts.run_id}")
+        with run.timer.phase("promote"):
+            registry.set_status(version, "passed", reasons)
+            registry.promote(version, reason=f"run {opts.run_id}")
         status = "succeeded"
         reason = f"promoted {version} (previous: {current_version or 'none'})"
         _say(f"promoted {version}")
     else:
         failed = [f"{g.name}: {r}" for g in (infra, quality) if not g.passed for r in g.reasons]
-        registry.set_status(version, "rejected", reasons)
+        with run.timer.phase("promote"):  # here: keep it, marked rejected
+            registry.set_status(version, "rejected", reasons)
         status = "rejected"
         reason = _truncate("gates refused: " + "; ".join(failed))
         _say(f"{version} rejected by the gates; {current_version or 'nothing'} stays current")
 
-    run.timings["total_s"] = round(time.monotonic() - run.t0, 3)
     all_metrics = {
         "candidate": metrics,
         "current": current_metrics,
         "current_version": cur_version,
         "train": train_metrics,
-        "timings_s": run.timings,
+        "epochs": epochs,
+        **run.timing_metrics(),
     }
+    _say(f"phases: {run.timer.summary()}")
     decisions = {
         "data_validation": validation_summary,
         "infra": infra.to_dict(),
@@ -436,7 +463,7 @@ def run_task(
         "rows_validation": len(val_rows),
         "data_start": window["start"],
         "data_end": window["end"],
-        "timings_s": run.timings,
+        **run.timing_metrics(),
     }
 
 
@@ -503,6 +530,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="a JSON object added to the version's metadata (e.g. where the data came from)",
     )
     p.add_argument("--attempt-id", help="the launcher's submission id, recorded in the run's claim")
+    p.add_argument(
+        "--trigger-received-at",
+        type=float,
+        default=None,
+        help="epoch seconds the launcher received the trigger (the 'launch' phase starts)",
+    )
+    p.add_argument(
+        "--submitted-at",
+        type=float,
+        default=None,
+        help="epoch seconds the launcher submitted this job (the run's origin)",
+    )
     return p
 
 
@@ -537,16 +576,49 @@ def options_from_args(args: argparse.Namespace) -> TaskOptions:
         training_file=args.training_file,
         metadata=dict(args.metadata),
         attempt_id=args.attempt_id,
+        trigger_received_at=args.trigger_received_at,
+        submitted_at=args.submitted_at,
     )
 
 
-def main(argv: Sequence[str] | None = None, client=None) -> int:
+def _import_tensorflow() -> None:
+    """Imports TensorFlow and Keras (the trainer's slowest start-up step, timed on its own)."""
+    import keras  # noqa: F401
+    import tensorflow  # noqa: F401
+
+
+def start_timer(opts: TaskOptions, started_at: float | None, entered: float) -> PhaseTimer:
+    """The run's timer, with the phases before ``main`` could act.
+
+    The origin is when the launcher submitted the job (``--submitted-at``);
+    without it ``started_at`` (a warm worker: when it got the job), else the
+    process start (psutil; to about a second). ``launch``: the launcher
+    received the trigger (``--trigger-received-at``) until the origin (its
+    bookkeeping: ``queued`` and ``submitting`` rows, the ack); ``interpreter``:
+    the origin until ``main`` was entered (process start, Python, this
+    module's imports; a warm worker: handing the job over).
+    """
+    if opts.submitted_at is not None:
+        origin = opts.submitted_at
+    else:
+        origin = process_start_time() if started_at is None else started_at
+    timer = PhaseTimer(origin=origin)
+    if opts.trigger_received_at is not None:
+        timer.add("launch", opts.trigger_received_at, max(origin, opts.trigger_received_at))
+    timer.add("interpreter", origin, max(origin, entered))
+    return timer
+
+
+def main(argv: Sequence[str] | None = None, client=None, *, started_at: float | None = None) -> int:
     """Entry point. Returns 0 for a finished run (succeeded or rejected), 1 for a failure.
 
     Args:
         argv: command-line arguments.
         client: optional BigQuery client (default ``dataset.resources.bigquery_client``).
+        started_at: epoch seconds this run counts from (a warm worker: when it
+            received the job); default: this process's start.
     """
+    entered = time.time()
     args = build_parser().parse_args(argv)
     opts = options_from_args(args)
     if opts.epochs <= 0:
@@ -559,15 +631,20 @@ def main(argv: Sequence[str] | None = None, client=None) -> int:
     own_client = client is None
     started = runs.utcnow()
     state: dict[str, Any] = {}
+    timer = start_timer(opts, started_at, entered)
     try:
-        config = load_config_any(opts.config_path)
-        if client is None:
-            from dataset.resources import bigquery_client
+        with timer.phase("import"):
+            _import_tensorflow()
+        with timer.phase("setup"):
+            config = load_config_any(opts.config_path)
+            if client is None:
+                from dataset.resources import bigquery_client
 
-            client = bigquery_client(opts.project)
-        from model.registry import ModelRegistry
+                client = bigquery_client(opts.project)
+            from model.registry import ModelRegistry
 
-        summary = run_task(opts, config, client, ModelRegistry(opts.registry), state)
+            registry = ModelRegistry(opts.registry)
+        summary = run_task(opts, config, client, registry, state, timer)
         print(json.dumps(summary, default=str), flush=True)
         return 0
     except claims.RunOwnedElsewhere as e:  # not ours: record nothing, train nothing
@@ -595,6 +672,10 @@ def main(argv: Sequence[str] | None = None, client=None) -> int:
                         "started_at": started,
                         "finished_at": runs.utcnow(),
                         "promoted": False,
+                        "metrics": {
+                            "timings_s": {**timer.seconds(), "total_s": timer.total_s()},
+                            "phases": timer.to_dict(),
+                        },
                         **state,
                     },
                 )

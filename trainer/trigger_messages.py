@@ -121,9 +121,16 @@ class Run:
     trigger_id: str
     dataset: str
     reason: str | None = None
+    # Epoch seconds the launcher pulled the trigger (None for a recovered run);
+    # the trainer times its "launch" phase from it.
+    received_at: float | None = None
 
     @classmethod
-    def from_trigger(cls, trigger: Trigger) -> Run:
+    def from_trigger(cls, trigger: Trigger, received_at: float | None = None) -> Run:
         return cls(
-            run_id_for(trigger.trigger_id), trigger.trigger_id, trigger.dataset, trigger.reason
+            run_id_for(trigger.trigger_id),
+            trigger.trigger_id,
+            trigger.dataset,
+            trigger.reason,
+            received_at,
         )

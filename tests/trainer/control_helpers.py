@@ -58,6 +58,8 @@ FAKE_TRAINER = textwrap.dedent(
                  "--trigger-id", "--backend"):
         p.add_argument(flag, required=True)
     p.add_argument("--attempt-id")
+    p.add_argument("--trigger-received-at", type=float)
+    p.add_argument("--submitted-at", type=float)
     a = p.parse_args()
     time.sleep(float(os.environ.get("FAKE_START_SECONDS", "0")))  # a slow start-up
     try:

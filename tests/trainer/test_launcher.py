@@ -16,6 +16,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -71,6 +72,10 @@ def test_same_trigger_twice_and_a_malformed_one_start_exactly_one_run(world):
     assert saved["triggers_received"] == 3 and saved["runs_started"] == 1
     log = (world.tmp_path / "state" / "logs" / "run-traffic-000001.log").read_text()
     assert "--trigger-id traffic-000001" in log and "--attempt-id" in log
+    # The run is launched with the time its trigger arrived (its "launch" phase).
+    received = float(log.split("--trigger-received-at ")[1].split()[0])
+    assert received <= time.time() and saved["last_launch"]["run_id"] == "run-traffic-000001"
+    assert 0 <= saved["last_launch"]["launch_s"] < 60
     # A later launcher (restart) sees the same trigger again: still a duplicate.
     world.publish(body, trigger_id="traffic-000001")
     again = world.make_launcher()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 
 import pytest
@@ -280,3 +281,61 @@ def test_parser_takes_a_training_file_and_metadata():
     assert options_from_args(build_parser().parse_args(base)).metadata == {}
     with pytest.raises(SystemExit):
         build_parser().parse_args([*base, "--metadata", "[1]"])
+
+
+def test_the_run_record_has_every_phase_in_order(tmp_path, capsys):
+    """The terminal status row carries the timeline: launch, start-up and every step."""
+    import time
+
+    from trainer import data as data_lib
+    from trainer.bootstrap import RunLog
+
+    training_file = tmp_path / "rows.jsonl"
+    data_lib.write_training_file(str(training_file), training_rows(600, rate=2.0))
+    received = time.time() - 0.5
+    submitted = received + 0.25  # the launcher's bookkeeping took a quarter second
+    log = RunLog()
+    argv = [
+        *_args("d", str(tmp_path / "registry"), "timed", "local-project"),
+        "--training-file", str(training_file), "--rows", "600", "--epochs", "2",
+        "--trigger-received-at", f"{received:.3f}", "--submitted-at", f"{submitted:.3f}",
+    ]  # fmt: skip
+    code = main(argv, client=log, started_at=received + 0.4)  # --submitted-at wins
+    out = capsys.readouterr().out
+    summary = json.loads(out.strip().splitlines()[-1])
+    # Two epochs: the gates may refuse it; every phase runs either way.
+    assert code == 0 and summary["status"] in ("succeeded", "rejected"), summary
+    final = [r for r in log.rows if r["status"] == summary["status"]][0]
+    metrics = json.loads(final["metrics"])
+    phases = metrics["phases"]["phases"]
+    names = [p["name"] for p in phases]
+    assert names == [
+        "launch", "interpreter", "import", "setup", "claim", "read", "validate",
+        "train", "evaluate", "publish", "gates", "promote",
+    ]  # fmt: skip
+    assert metrics["phases"]["origin"] == pytest.approx(submitted, abs=1e-3)
+    assert phases[0]["start"] == pytest.approx(received, abs=1e-3)
+    assert phases[0]["seconds"] == pytest.approx(0.25, abs=2e-3)
+    for earlier, later in itertools.pairwise(phases):
+        assert later["start"] >= earlier["end"] - 1e-3, (earlier, later)
+    assert all(p["seconds"] >= 0 and p["end"] >= p["start"] for p in phases)
+    assert phases[-1]["end"] <= time.time()
+    timings = metrics["timings_s"]
+    assert set(timings) == {f"{n}_s" for n in names} | {"total_s"}  # stored with sorted keys
+    assert timings["total_s"] >= sum(p["seconds"] for p in phases[1:]) - 0.01
+    assert summary["timings_s"] == pytest.approx(timings, abs=0.5)
+    assert "[trainer] phases: launch 0.25s, interpreter " in out
+    assert 1 <= metrics["epochs"] <= 200 and f"({metrics['epochs']} epochs run)" in out
+
+
+def test_the_timer_origin_falls_back_to_the_given_start_then_the_process_start():
+    from trainer.task import start_timer
+    from trainer.timing import process_start_time
+
+    argv = _args("d", "/tmp/r", "r", "p")
+    opts = options_from_args(build_parser().parse_args([*argv, "--trigger-received-at", "100"]))
+    timer = start_timer(opts, started_at=101.0, entered=101.5)
+    assert timer.origin == 101.0
+    assert timer.seconds() == {"launch_s": 1.0, "interpreter_s": 0.5}
+    bare = start_timer(options_from_args(build_parser().parse_args(argv)), None, entered=1e10)
+    assert bare.origin == process_start_time() and [p.name for p in bare.phases] == ["interpreter"]

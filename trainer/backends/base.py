@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -28,8 +29,20 @@ class JobArgs:
     registry: str
 
     def trainer_args(self, run: Run, backend: str, attempt_id: str | None = None) -> list[str]:
-        """The ``python -m trainer.task`` arguments for ``run`` (one submission: ``attempt_id``)."""
+        """The ``python -m trainer.task`` arguments for ``run`` (one submission: ``attempt_id``).
+
+        A run the launcher timed (``run.received_at``) also gets when its trigger
+        arrived and when it is submitted (now: call this right before the submit),
+        the two ends of the trainer's ``launch`` phase.
+        """
         attempt = ["--attempt-id", attempt_id] if attempt_id else []
+        if run.received_at is not None:
+            attempt += [
+                "--trigger-received-at",
+                f"{run.received_at:.3f}",
+                "--submitted-at",
+                f"{time.time():.3f}",
+            ]
         return [
             "--config",
             self.config_path,
@@ -95,6 +108,9 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def reattach(self, record: Mapping[str, Any]) -> Any | None:
         """A handle for a described job that still runs, or None if it ended."""
+
+    def close(self) -> None:  # noqa: B027
+        """Releases what the backend holds between jobs (the launcher is shutting down)."""
 
     def adopt(self, run: Run, claim: Mapping[str, Any]) -> Any | None:
         """A handle for the trainer that holds ``run``'s claim, if this backend can watch it."""
