@@ -328,7 +328,7 @@ say "starting the pipeline (log: $PIPELINE_LOG)"
 setsid "$PY" -m local.pipeline --runner DirectRunner --streaming --project "$PROJECT" \
   --dataset_config "$CONFIG" \
   --input_subscription "projects/$PROJECT/subscriptions/$SUBSCRIPTION" \
-  --bq_dataset "$BQ_DATASET" --model_registry "$MODEL_REGISTRY" --model_poll_seconds 5 \
+  --bq_dataset "$BQ_DATASET" --model_registry "$MODEL_REGISTRY" --model_poll_seconds 1 \
   --retrain_topic "projects/$PROJECT/topics/$RETRAIN_TOPIC" \
   ${PIPELINE_EXTRA[@]+"${PIPELINE_EXTRA[@]}"} \
   >"$PIPELINE_LOG" 2>&1 </dev/null 9>&- &
@@ -338,7 +338,7 @@ echo "$PIPELINE_PID" >"$STATE_DIR/pipeline.pid"
 say "starting the training launcher (log: $LAUNCHER_LOG)"
 setsid "$PY" -m trainer.launcher --project "$PROJECT" --config "$CONFIG" \
   --subscription "projects/$PROJECT/subscriptions/$LAUNCHER_SUBSCRIPTION" \
-  --bq_dataset "$BQ_DATASET" --registry "$MODEL_REGISTRY" --backend local \
+  --bq_dataset "$BQ_DATASET" --registry "$MODEL_REGISTRY" --backend local --warm-trainer \
   --state-dir "$STATE_DIR/launcher" --stats-file "$LAUNCHER_STATS_FILE" \
   >"$LAUNCHER_LOG" 2>&1 </dev/null 9>&- &
 LAUNCHER_PID=$!

@@ -30,6 +30,7 @@ from model.history import history_scaled  # noqa: E402
 HIDDEN_UNITS = ModelSpec().hidden_units[0]
 MIN_STEPS = ModelSpec().min_steps
 MAX_EPOCHS = 200
+STEPS_PER_EXECUTION = 25
 STANDARDIZE_LAYER = "standardize"
 SPEC_ATTRIBUTE = "_training_spec"
 
@@ -59,6 +60,9 @@ def build_model(config: DatasetConfig, seed: int = 0) -> keras.Model:
         optimizer=keras.optimizers.Adam(learning_rate=spec.learning_rate),
         loss="binary_crossentropy" if classification else "mse",
         metrics=["accuracy"] if classification else ["mae"],
+        # Several batches per compiled call: the same updates, far less Keras per-step
+        # overhead on the small models and windows of a retrain (benchmarks.freshness).
+        steps_per_execution=STEPS_PER_EXECUTION,
     )
     # fit() reads the training settings from here (trainer.task calls fit(model, ...)).
     keep = fixed if spec.feature_scaling == "auto" else np.zeros_like(fixed)
