@@ -546,7 +546,7 @@ PATCHES: dict[str, Callable[[], None]] = {
     "sink_reshuffle": sinks_without_reshuffle,
     "combine_tags": reused_no_extraction_tags,
     "timer_copies": shallow_timer_copies,
-    **accelerate_state.PATCHES,  # forget_empty_keys, expired_window_gc (local.accelerate_state)
+    **accelerate_state.PATCHES,  # forget_empty_keys, expired_window_gc, sweep_expired_windows
 }
 
 

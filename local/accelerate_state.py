@@ -11,7 +11,7 @@ elements stay in its key's state after the window has expired. So a
 long-running local pipeline grows by every message id it deduplicated and
 every window it aggregated (``python -m benchmarks.state_memory``).
 
-Two patches, registered in ``local.accelerate.PATCHES``:
+Three patches, registered in ``local.accelerate.PATCHES``:
 
 - ``forget_empty_keys``: after a bundle commits, a key whose state is empty
   (no timers, no state cells) is removed from the step's keyed states.
@@ -19,12 +19,19 @@ Two patches, registered in ``local.accelerate.PATCHES``:
   behind the grouping's input watermark, with no pending timer and no
   watermark hold, is dropped from its key's state when the key is next
   processed.
+- ``sweep_expired_windows``: every ``SWEEP_INTERVAL_SECONDS`` a windowed
+  grouping step's keys are all swept the same way, and a key left empty is
+  forgotten. A key that never comes back (a retired model version in the
+  per-version quality windows, a sensor that went away) is otherwise kept
+  forever with its last windows and, in accumulating mode, their elements:
+  Beam's trigger driver sets no garbage-collection timer.
 
-Neither changes what the pipeline outputs (tests/local/test_accelerate_state.py).
+None changes what the pipeline outputs (tests/local/test_accelerate_state.py).
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from local.patching import original as _original
@@ -209,9 +216,82 @@ def expired_window_gc() -> None:
     _set(te._StreamingGroupAlsoByWindowEvaluator, "process_element", process_element)
 
 
+SWEEP_INTERVAL_SECONDS = 10.0  # wall clock, per windowed grouping step
+
+
+def sweep_step(context: Any, transform: Any) -> tuple[int, int]:
+    """Collects expired windows of every key of one windowed grouping step.
+
+    ``collect_expired_windows`` on each key of the step (non-merging window
+    functions only), under the evaluation context's and the step's watermark
+    locks; a key left empty (``is_empty_state``) with no timer firing still to
+    be delivered and no watermark hold is removed, with ``local.accelerate``'s
+    timer index entry. Returns (windows dropped, keys removed).
+    """
+    windowing = transform.transform.windowing
+    if windowing.windowfn.is_merging():
+        return 0, 0
+    watermarks = context._watermark_manager.get_watermarks(transform)
+    input_watermark = watermarks.input_watermark
+    windows = keys = 0
+    with context._lock:
+        states = context._transform_keyed_states[transform]
+        with watermarks._lock:
+            fired: dict[Any, set] = {}
+            for firing in watermarks._fired_timers:
+                fired.setdefault(firing.encoded_key, set()).add(firing.window)
+            index = watermarks.__dict__.get("_accelerate_timer_index")
+            for key, state in list(states.items()):
+                windows += collect_expired_windows(
+                    state, windowing.allowed_lateness, input_watermark, fired.get(key, ())
+                )
+                if (
+                    key not in fired
+                    and key not in watermarks._keyed_earliest_holds
+                    and is_empty_state(state)
+                ):
+                    del states[key]
+                    if index is not None:
+                        index.pop(key, None)
+                    keys += 1
+    return windows, keys
+
+
+def sweep_expired_windows() -> None:
+    """Sweeps each windowed grouping's keys for expired windows, now and then.
+
+    ``expired_window_gc`` collects a key's expired windows only when that key
+    is processed again; Dataflow drops a window's state at end + allowed
+    lateness whether or not its key comes back (a garbage-collection timer).
+    After a bundle of a streaming ``GroupByKey`` (``_StreamingGroupAlsoByWindow``)
+    commits, and at most every ``SWEEP_INTERVAL_SECONDS`` per step, this
+    runs ``sweep_step`` on it. The same conditions as ``expired_window_gc``
+    make it safe: an expired window takes no element, and one with no timer
+    pending or to be delivered and no hold can fire no pane.
+    """
+    from apache_beam.runners.direct.direct_runner import _StreamingGroupAlsoByWindow
+    from apache_beam.runners.direct.evaluation_context import EvaluationContext
+
+    original = EvaluationContext.handle_result
+
+    def handle_result(self, completed_bundle, completed_timers, result):
+        committed = original(self, completed_bundle, completed_timers, result)
+        transform = result.transform
+        if isinstance(getattr(transform, "transform", None), _StreamingGroupAlsoByWindow):
+            last = self.__dict__.setdefault("_accelerate_last_sweep", {})
+            now = time.monotonic()
+            if transform not in last or now - last[transform] >= SWEEP_INTERVAL_SECONDS:
+                last[transform] = now
+                sweep_step(self, transform)
+        return committed
+
+    _set(EvaluationContext, "handle_result", handle_result)
+
+
 PATCHES = {
     "forget_empty_keys": forget_empty_keys,
     "expired_window_gc": expired_window_gc,
+    "sweep_expired_windows": sweep_expired_windows,
 }
 
 

@@ -12,6 +12,9 @@ Env LOCAL_ACCELERATE_PATCHES=name,... applies only the named patches.
 Env LOCAL_PROFILE=PREFIX profiles every thread (cProfile; the runner works on
 its own threads) and writes PREFIX.<n>.prof files when the process is stopped
 (SIGTERM/SIGINT); read them with ``pstats.Stats(*glob('PREFIX.*.prof'))``.
+Env LOCAL_MEMORY_TRACE=SECONDS samples memory (RSS, tracemalloc growth by
+allocation site, glibc heap, gc object counts) into the run's state dir
+(``local.memory_trace``).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import logging
 import os
 import sys
 
-from local import accelerate
+from local import accelerate, memory_trace
 
 _LOG = logging.getLogger(__name__)
 
@@ -77,6 +80,10 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(f"error: {e}")
     else:
         _LOG.info("Local runner acceleration off: stock DirectRunner")
+    try:
+        memory_trace.start_from_env()
+    except ValueError as e:
+        sys.exit(f"error: {e}")
     if os.environ.get("LOCAL_PROFILE"):
         profile_all_threads(os.environ["LOCAL_PROFILE"])
     from pipelines.main import run

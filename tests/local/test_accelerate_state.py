@@ -149,13 +149,16 @@ def _record(key: str, t: float, v: float) -> dict:
     }
 
 
-def _aggregate_stream(keys: int, minutes: int) -> TestStream:
+def _aggregate_stream(keys: int, minutes: int, gone: int = 0) -> TestStream:
+    """``keys`` keys every minute; ``gone`` more keys only in the first two minutes."""
     stream = TestStream().advance_processing_time(T0 + 3600).advance_watermark_to(T0)
     for m in range(minutes):
         t = T0 + m * 60
         batch = [
             TimestampedValue(_record(f"k{k}", t + k, float(m + k)), t + k) for k in range(keys)
         ]
+        if m < 2:
+            batch += [TimestampedValue(_record(f"gone{g}", t + g, 1.0), t + g) for g in range(gone)]
         if m >= 2:  # late, within lateness; and too late (dropped by Beam)
             batch.append(TimestampedValue(_record("k0", t - 90, 1.0), t - 90))
             batch.append(TimestampedValue(_record("k1", t - 900, 1.0), t - 900))
@@ -174,7 +177,7 @@ def _aggregate_stream(keys: int, minutes: int) -> TestStream:
     return stream.advance_watermark_to_infinity()
 
 
-def _run(graph: str, size: int, patches: list[str] | None) -> tuple[list, dict]:
+def _run(graph: str, size: int, patches: list[str] | None, gone: int = 0) -> tuple[list, dict]:
     """Runs a graph (stock when ``patches`` is None); outputs and runner retention."""
     run_id = uuid.uuid4().hex
     if patches is not None:
@@ -193,7 +196,7 @@ def _run(graph: str, size: int, patches: list[str] | None) -> tuple[list, dict]:
             config = load_config("configs/traffic.yaml")
             out = (
                 p
-                | "Events" >> _aggregate_stream(5, size)
+                | "Events" >> _aggregate_stream(5, size, gone)
                 | "Aggregate" >> WindowAndAggregate(config)
             )
         _ = out | "Collect" >> beam.ParDo(_Collect(run_id))
@@ -232,6 +235,25 @@ def test_aggregate_output_is_identical_and_expired_windows_are_collected():
         assert stock_held[step][1] >= 5 * minutes  # one window id per key and minute, or more
         # What can still take late data: lateness + size, over the period, per key.
         assert fast_held.get(step, (0, 0))[1] <= 5 * 8, step
+
+
+def test_keys_that_never_come_back_are_swept(monkeypatch):
+    """A key seen only early (a retired model version) keeps its expired windows
+    unless swept; the sweep drops them and the key, with outputs unchanged."""
+    monkeypatch.setattr(st, "SWEEP_INTERVAL_SECONDS", 0.0)
+    minutes, gone = 14, 6
+    stock, _ = _run("aggregate", minutes, None, gone)
+    unswept, unswept_held = _run(
+        "aggregate", minutes, ["forget_empty_keys", "expired_window_gc"], gone
+    )
+    swept, swept_held = _run("aggregate", minutes, STATE_PATCHES, gone)
+    assert any("gone0" in row[0] for row in stock)
+    assert unswept == stock and swept == stock
+    steps = [s for s in unswept_held if s.endswith("GroupByWindow")]
+    assert len(steps) == 3
+    for step in steps:
+        assert unswept_held[step][0] == 5 + gone, step  # the gone keys are still held
+        assert swept_held.get(step, (0, 0))[0] <= 5, step
 
 
 def test_the_identical_output_graph_of_test_accelerate_is_unchanged():

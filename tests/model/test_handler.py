@@ -199,6 +199,34 @@ def test_before_the_first_load_other_threads_wait_for_it_instead_of_skipping():
 # ------------------------------------------------- the real handler on a registry
 
 
+class _Loaded:
+    """A stand-in for a loaded version (weak-referenceable)."""
+
+    def __init__(self, version):
+        self.version = version
+
+
+def test_a_swapped_out_model_is_released():
+    import gc
+    import weakref
+
+    pointer = {"v": "v1"}
+    refs = {}
+
+    def load(version):
+        loaded = _Loaded(version)
+        refs[version] = weakref.ref(loaded)
+        return loaded
+
+    model = HotSwapModel(lambda: pointer["v"], load, poll_seconds=0)
+    assert model.acquire()[0] == "v1"
+    pointer["v"] = "v2"
+    assert model.acquire()[0] == "v2"
+    gc.collect()
+    assert refs["v1"]() is None  # nothing keeps the old version once swapped out
+    assert refs["v2"]() is not None
+
+
 @pytest.fixture
 def two_versions(tmp_path):
     """A registry with v_no (always predicts ~0) current and v_yes (always ~1)."""
@@ -377,6 +405,34 @@ def test_other_models_run_through_tensorflow(tmp_path):
     predict = load_predict_fn(registry, version)
     assert predict.__qualname__.startswith("load_predict_fn")
     np.testing.assert_allclose(predict(x), model.predict(x, verbose=0), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("fast_path", [True, False])
+def test_a_loaded_version_releases_its_keras_model(two_versions, monkeypatch, fast_path):
+    """Once a predict function is dropped (a swap), its Keras model can be freed."""
+    import gc
+    import weakref
+
+    from model import handler as handler_module
+
+    registry, v_no, _ = two_versions
+    if not fast_path:
+        monkeypatch.setattr(handler_module, "numpy_forward", lambda model: None)
+    refs = []
+    load_keras = registry.load_keras
+
+    def tracked(version):
+        loaded = load_keras(version)
+        refs.append(weakref.ref(loaded))
+        return loaded
+
+    monkeypatch.setattr(registry, "load_keras", tracked)
+    predict = handler_module.load_predict_fn(registry, v_no)
+    assert predict.__qualname__.startswith("numpy_forward" if fast_path else "load_predict_fn")
+    assert predict(np.stack(_batch(2))).shape == (2, 1)
+    del predict
+    gc.collect()
+    assert [r() for r in refs] == [None]
 
 
 def test_a_numpy_pass_that_disagrees_falls_back_to_tensorflow(two_versions, monkeypatch):
