@@ -276,6 +276,53 @@ def _trainer(args: argparse.Namespace) -> tuple[dict, dict]:
     return {"trainer_rows": result["trainer_rows"]}, result
 
 
+# Where each part's own benchmark writes its latest full results (the live part's
+# latest figures are the previous benchmarks/results.json's).
+PART_FILES = {
+    "inference": ROOT / "benchmarks" / "results" / "inference_cost.json",
+    "batch": ROOT / "benchmarks" / "results" / "batch_cost.json",
+    "freshness": ROOT / "benchmarks" / "results" / "freshness.json",
+    "trainer": ROOT / "benchmarks" / "results" / "trainer_scale.json",
+}
+_TIME_KEYS = ("measured_at", "finished_at", "at", "started_at")
+
+
+def carried_over(part: str, previous: dict) -> tuple[dict, dict] | None:
+    """A part not run this time: its figures from its latest results file, if any.
+
+    Returns (top-level figures, details with ``carried_over_from`` and the time it
+    was measured), or None when nothing was measured before.
+    """
+    keys = PART_KEYS[part]
+    if part == "live":
+        if previous.get("live_events_per_s") is None:
+            return None
+        source = previous.get("details", {}).get("live", {})
+        measured = previous.get("parts_measured_at", {}).get("live", previous.get("started_at"))
+        figures = {k: v for k, v in previous.items() if k.startswith(("live_", "bare_read_"))}
+        figures.update({k: previous.get(k) for k in keys})
+        for key in ("speedup_vs_stock", "all_landed"):
+            if key in previous:
+                figures[key] = previous[key]
+        return figures, {
+            "carried_over_from": str(RESULTS),
+            "measured_at": measured,
+            **source,
+        }
+    path = PART_FILES[part]
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if any(data.get(k) is None for k in keys):
+        return None
+    measured = next((data[k] for k in _TIME_KEYS if data.get(k)), None)
+    return {k: data[k] for k in keys}, {
+        "carried_over_from": str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path),
+        "measured_at": measured,
+    }
+
+
 RUNNERS = {
     "live": _live,
     "inference": _inference,
@@ -317,16 +364,37 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also one live run per cumulative set of patches (order of local.accelerate.PATCHES)",
     )
+    parser.add_argument(
+        "--no-carry-over",
+        action="store_true",
+        help="leave parts not run empty (default: keep their latest figures, from the "
+        "previous --out file for live and from each benchmark's own results file, "
+        "with when they were measured)",
+    )
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args(argv)
     if args.reps < 1:
         parser.error("--reps must be >= 1")
     started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    try:
+        previous = json.loads(Path(args.out).read_text())
+    except (OSError, ValueError):
+        previous = {}
     results: dict = {key: None for part in PARTS for key in PART_KEYS[part]}
-    not_measured: dict[str, str] = {
-        part: "not run (--parts)" for part in PARTS if part not in args.parts
-    }
+    not_measured: dict[str, str] = {}
+    measured_at: dict[str, str | None] = {}
     details: dict[str, dict] = {}
+    for part in PARTS:
+        if part in args.parts:
+            continue
+        kept = None if args.no_carry_over else carried_over(part, previous)
+        if kept is None:
+            not_measured[part] = "not run (--parts)"
+            continue
+        figures, details[part] = kept
+        results.update(figures)
+        measured_at[part] = details[part]["measured_at"]
+        _log(f"part {part}: not run; kept from {details[part]['carried_over_from']}")
     for part in args.parts:
         _log(f"part {part}")
         try:
@@ -336,7 +404,9 @@ def main(argv: list[str] | None = None) -> int:
             not_measured[part] = f"failed: {error!r}"
             continue
         results.update(figures)
+        measured_at[part] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     results.update(
+        parts_measured_at=measured_at,
         not_measured=not_measured,
         machine=machine(),
         load1_at_end=load1(),
