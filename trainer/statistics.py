@@ -73,6 +73,26 @@ _Z99 = 2.326
 Row = Mapping[str, Any]
 
 
+def _numeric_stats(values: np.ndarray, feature, edges) -> dict:
+    """Kind, non-finite count, moments and histogram of a numeric column's typed values."""
+    finite = values[np.isfinite(values)]
+    stats: dict = {"kind": "numeric", "non_finite": int(values.size - finite.size)}
+    if finite.size:
+        stats.update(
+            mean=float(finite.mean()),
+            std=float(finite.std()),
+            min=float(finite.min()),
+            max=float(finite.max()),
+        )
+    else:
+        stats.update(mean=None, std=None, min=None, max=None)
+    if edges is None:
+        lo, hi = domain_bounds(feature)
+        edges = _default_edges(lo, hi, finite)
+    stats["histogram"] = _histogram(finite, edges)
+    return stats
+
+
 def _histogram(values: np.ndarray, edges: Sequence[float]) -> dict[str, Any]:
     edges_arr = np.asarray(edges, dtype=np.float64)
     lo, hi = edges_arr[0], edges_arr[-1]
@@ -178,23 +198,7 @@ def _feature_stats_columnar(
         "invalid_type": invalid,
     }
     if numeric is not None and not categorical:
-        values_ok = numbers[typed]
-        finite = values_ok[np.isfinite(values_ok)]
-        stats["kind"] = "numeric"
-        stats["non_finite"] = int(values_ok.size - finite.size)
-        if finite.size:
-            stats.update(
-                mean=float(finite.mean()),
-                std=float(finite.std()),
-                min=float(finite.min()),
-                max=float(finite.max()),
-            )
-        else:
-            stats.update(mean=None, std=None, min=None, max=None)
-        if edges is None:
-            lo, hi = domain_bounds(feature)
-            edges = _default_edges(lo, hi, finite)
-        stats["histogram"] = _histogram(finite, edges)
+        stats.update(_numeric_stats(numbers[typed], feature, edges))
         return stats
     stats["kind"] = "categorical"
     if numeric is not None:  # a 0/1 label: "0"/"1" whether it came as int or float
@@ -247,22 +251,7 @@ def feature_stats(
     }
     if is_numeric(feature) and not categorical:
         values = np.asarray([float(v) for v in scalars], dtype=np.float64)
-        finite = values[np.isfinite(values)]
-        stats["kind"] = "numeric"
-        stats["non_finite"] = int(values.size - finite.size)
-        if finite.size:
-            stats.update(
-                mean=float(finite.mean()),
-                std=float(finite.std()),
-                min=float(finite.min()),
-                max=float(finite.max()),
-            )
-        else:
-            stats.update(mean=None, std=None, min=None, max=None)
-        if edges is None:
-            lo, hi = domain_bounds(feature)
-            edges = _default_edges(lo, hi, finite)
-        stats["histogram"] = _histogram(finite, edges)
+        stats.update(_numeric_stats(values, feature, edges))
     else:
         stats["kind"] = "categorical"
         if categorical:  # a 0/1 label: "0"/"1" whether it came as int, float or bool
