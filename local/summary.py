@@ -297,7 +297,40 @@ def predictions(ctx: SummaryContext) -> dict[str, Any]:
             and last_window_end is not None
             and last_window_end > last_prediction
         )
+        if not out["quality_caught_up"] and last_prediction is not None:
+            out["quality_window_expired"] = quality_window_expired(
+                _epoch_seconds(last_prediction),
+                ctx.config.evaluation_window_seconds,
+                time.time(),
+            )
     return out
+
+
+# transforms.quality.LATE_FIRING_DELAY_SECONDS (a test keeps them equal; importing
+# transforms here would load Beam into every progress line's process).
+QUALITY_LATE_FIRING_DELAY_SECONDS = 10
+# Margin for the last pane to be written after its window closed.
+QUALITY_EXPIRY_MARGIN_SECONDS = 30
+
+
+def quality_window_expired(last_event_time: float, window_seconds: int, now: float) -> bool:
+    """Whether the evaluation window holding ``last_event_time`` can no longer fire.
+
+    The quality windows are fixed windows of ``window_seconds`` with as much allowed
+    lateness; the local runner's watermark follows the wall clock. So once ``now`` is
+    past the window's end + lateness + the late-firing delay (+ a margin), a
+    prediction that lands only now (a backlog) is dropped as too late and that
+    window's pane will never come: waiting longer for it cannot help.
+    """
+    window_end = (last_event_time // window_seconds + 1) * window_seconds
+    closes = window_end + window_seconds + QUALITY_LATE_FIRING_DELAY_SECONDS
+    return now > closes + QUALITY_EXPIRY_MARGIN_SECONDS
+
+
+def _epoch_seconds(value: Any) -> float:
+    if hasattr(value, "timestamp"):
+        return value.timestamp()
+    return float(value)
 
 
 @collector
@@ -507,7 +540,8 @@ def is_drained(summary: Mapping[str, Any], previous: Mapping[str, Any] | None) -
     all malformed messages are in the dead-letter table, by id when the stats
     list them, else by count), the training row count did not change since
     ``previous``, and (inline labels) online quality covers the newest
-    prediction's evaluation window.
+    prediction's evaluation window, or that window can no longer fire
+    (``quality_window_expired``: the prediction landed after the window closed).
     """
     if summary.get("errors") or previous is None:
         return False
@@ -515,7 +549,7 @@ def is_drained(summary: Mapping[str, Any], previous: Mapping[str, Any] | None) -
         return (
             summary["unaccounted"] == 0
             and summary.get("training_rows") == previous.get("training_rows")
-            and summary.get("quality_caught_up") is not False
+            and _quality_settled(summary)
         )
     ids_known = summary.get("malformed_dead_lettered") is not None and summary.get(
         "malformed_ids_count"
@@ -529,7 +563,14 @@ def is_drained(summary: Mapping[str, Any], previous: Mapping[str, Any] | None) -
         dead_ok
         and training is not None
         and training == previous.get("training_rows")
-        and summary.get("quality_caught_up") is not False
+        and _quality_settled(summary)
+    )
+
+
+def _quality_settled(summary: Mapping[str, Any]) -> bool:
+    """Online quality covers the newest prediction, or its window can no longer fire."""
+    return summary.get("quality_caught_up") is not False or bool(
+        summary.get("quality_window_expired")
     )
 
 

@@ -121,6 +121,28 @@ def test_is_drained():
     assert summary.is_drained({**done, "quality_caught_up": True}, {"training_rows": 50})
 
 
+def test_drained_when_the_newest_quality_window_can_no_longer_fire():
+    done = {"errors": [], "unaccounted": 0, "training_rows": 50, "quality_caught_up": False}
+    assert not summary.is_drained(done, {"training_rows": 50})  # the window may still fire
+    expired = {**done, "quality_window_expired": True}
+    assert summary.is_drained(expired, {"training_rows": 50})
+
+
+def test_quality_window_expired_after_end_plus_lateness_plus_delay():
+    # 60 s windows: an event at 1,000,030 is in [1,000,020, 1,000,080); the window takes
+    # late data until 1,000,140 and its last late pane comes 10 s later.
+    closes = 1_000_080 + 60 + summary.QUALITY_LATE_FIRING_DELAY_SECONDS
+    margin = summary.QUALITY_EXPIRY_MARGIN_SECONDS
+    assert not summary.quality_window_expired(1_000_030, 60, closes + margin)
+    assert summary.quality_window_expired(1_000_030, 60, closes + margin + 1)
+
+
+def test_the_late_firing_delay_matches_the_quality_transform():
+    from transforms import quality
+
+    assert summary.QUALITY_LATE_FIRING_DELAY_SECONDS == quality.LATE_FIRING_DELAY_SECONDS
+
+
 def test_wait_drained_gives_up():
     calls = []
 
