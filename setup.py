@@ -53,6 +53,8 @@ setuptools.setup(
         # The backtest's quality plot (pipelines/backtest.py).
         "matplotlib>=3.8",
         "numpy>=2.0,<3",
+        # The trainer's column-wise window (trainer/data.py, statistics, validation).
+        "pyarrow>=18",
         # The online prediction service's metrics (serving/).
         "prometheus-client>=0.20,<1",
         "psutil>=5.9",
