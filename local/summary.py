@@ -42,6 +42,7 @@ from google.cloud import bigquery
 from dataset.config import DatasetConfig, load_config
 from dataset.resources import bigquery_client
 from dataset.tables import table_schemas
+from dataset.times import to_datetime
 
 logger = logging.getLogger(__name__)
 
@@ -299,7 +300,7 @@ def predictions(ctx: SummaryContext) -> dict[str, Any]:
         )
         if not out["quality_caught_up"] and last_prediction is not None:
             out["quality_window_expired"] = quality_window_expired(
-                _epoch_seconds(last_prediction),
+                to_datetime(last_prediction).timestamp(),
                 ctx.config.evaluation_window_seconds,
                 time.time(),
             )
@@ -325,12 +326,6 @@ def quality_window_expired(last_event_time: float, window_seconds: int, now: flo
     window_end = (last_event_time // window_seconds + 1) * window_seconds
     closes = window_end + window_seconds + QUALITY_LATE_FIRING_DELAY_SECONDS
     return now > closes + QUALITY_EXPIRY_MARGIN_SECONDS
-
-
-def _epoch_seconds(value: Any) -> float:
-    if hasattr(value, "timestamp"):
-        return value.timestamp()
-    return float(value)
 
 
 @collector
