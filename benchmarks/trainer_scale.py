@@ -50,6 +50,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from benchmarks.pipeline_throughput import load1
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "trainer_scale.json"
 CONFIG = ROOT / "configs" / "traffic.yaml"
@@ -61,11 +63,6 @@ RATE = 10.0
 PROJECT = "bench-project"
 DATASET = "trainer_scale"
 MAX_RSS_MIB = 5632
-
-
-def load1() -> float:
-    """The 1-minute load average (the machine is shared: say how busy it was)."""
-    return round(os.getloadavg()[0], 2)
 
 
 # --------------------------------------------------------------------------- data
