@@ -498,7 +498,7 @@ HELPER_PID=""
 tail -n 1 "$STATE_DIR/drain.log" 2>/dev/null || true
 if [ "$drain_rc" -eq 0 ]; then
   DRAINED=true
-  say "drained: dead letters caught up, training rows stopped growing, online quality covers the last window"
+  say "drained: dead letters caught up, training rows stopped growing, online quality covers the last window (or that window expired: see the summary)"
 else
   DRAINED=false
   say "WARNING: not drained (stalled for $DRAIN_SECONDS s or $DRAIN_MAX_SECONDS s in all; see $STATE_DIR/drain.log); stopping anyway"
