@@ -34,7 +34,7 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from local import accelerate_state
+from local import accelerate_state, accelerate_timers
 from local.patching import original as _original
 from local.patching import set_attr as _set
 from local.patching import source_sha256, undo_all
@@ -50,7 +50,6 @@ PATCHES_ENV = "LOCAL_ACCELERATE_PATCHES"
 # changed hash means Beam changed them, and the copies must be reviewed.
 _PARDO_START_BUNDLE_SHA256 = "23c7e2f6f26f091dd2c51711a19deebae07f76c9032a110fce51ca552b3fd13e"
 _PARDO_FINISH_BUNDLE_SHA256 = "26c32886c271dabb0632e50ec05c8386e224c54e3bb45c41c727589256cce5f7"
-_EXTRACT_TIMERS_SHA256 = "897adb07f063798e1ca059d8103f3f984e033c924da449b52b034c12a480e102"
 
 _NO_EXTRACTION_SHA256 = "ddc5e69fd2d1c598d15bb4340fa2581bebd126bdd1bb34a4bc6bfa5fe3fe95f2"
 _STATE_COPY_SHA256 = "ee2487c6676bf0d0826d043954973486fa7e80f71f4c4276707b3a88eac1c94e"
@@ -398,86 +397,6 @@ def _teardown_pooled() -> None:
             _LOG.warning("teardown of %r failed", dofn, exc_info=True)
 
 
-# ----------------------------------------------------------------- timers
-
-
-def _timer_summary(state: Any) -> tuple[Any, Any, bool]:
-    """(earliest event-time timer, earliest processing-time timer, unknown)."""
-    from apache_beam.transforms.trigger import TimeDomain
-
-    timers = getattr(state, "timers", None)
-    if not isinstance(timers, dict):
-        return None, None, True
-    watermark = realtime = None
-    for per_window in timers.values():
-        for (_, domain, _), timestamp in per_window.items():
-            if domain == TimeDomain.REAL_TIME:
-                if realtime is None or timestamp < realtime:
-                    realtime = timestamp
-            elif domain == TimeDomain.WATERMARK:
-                if watermark is None or timestamp < watermark:
-                    watermark = timestamp
-            else:
-                return None, None, True
-    return watermark, realtime, False
-
-
-def timers_of_changed_keys() -> None:
-    """Timer extraction looks into a key's timers only when they may be due.
-
-    ``_TransformWatermarks.extract_transform_timers`` asks every key ever seen
-    by a stateful step for its expired timers on every scheduling pass. A
-    key's state object is replaced (never edited in place) when a bundle
-    commits it, so this keeps, per key, the state object it last saw with its
-    earliest event-time and processing-time timers; a key whose state is the
-    same object and whose earliest timers are not yet due cannot return an
-    expired timer and is skipped. Everything else calls Beam's code, so the
-    fired timers and the "has a processing-time timer" answer are unchanged.
-    """
-    from apache_beam.runners.direct.watermark_manager import TimerFiring, _TransformWatermarks
-
-    def extract_transform_timers(self):
-        with self._lock:
-            index = self.__dict__.setdefault("_accelerate_timer_index", {})
-            watermark = self._input_watermark
-            now = self._clock.time()
-            fired_timers = []
-            has_realtime_timer = False
-            for encoded_key, state in self._keyed_states.items():
-                entry = index.get(encoded_key)
-                if entry is None or entry[0] is not state:
-                    entry = index[encoded_key] = (state, *_timer_summary(state))
-                _, earliest_watermark, earliest_realtime, unknown = entry
-                if earliest_realtime is not None:
-                    has_realtime_timer = True
-                if not unknown and not (
-                    (earliest_watermark is not None and earliest_watermark <= watermark)
-                    or (earliest_realtime is not None and earliest_realtime <= now)
-                ):
-                    continue
-                timers, had_realtime_timer = state.get_timers(
-                    watermark=watermark, processing_time=now
-                )
-                if had_realtime_timer:
-                    has_realtime_timer = True
-                for expired in timers:
-                    window, (name, time_domain, timestamp, dynamic_timer_tag) = expired
-                    fired_timers.append(
-                        TimerFiring(
-                            encoded_key,
-                            window,
-                            name,
-                            time_domain,
-                            timestamp,
-                            dynamic_timer_tag=dynamic_timer_tag,
-                        )
-                    )
-            self._fired_timers.update(fired_timers)
-            return fired_timers, has_realtime_timer
-
-    _set(_TransformWatermarks, "extract_transform_timers", extract_transform_timers)
-
-
 # ----------------------------------------------------------------- windowed state
 
 
@@ -540,7 +459,7 @@ PATCHES: dict[str, Callable[[], None]] = {
     "pubsub_pulls": larger_pubsub_pulls,
     "dofn_specs": cached_dofn_specs,
     "row_size_check": bounded_row_size_check,
-    "timers": timers_of_changed_keys,
+    "timers": accelerate_timers.indexed_timers,
     "bigquery_clients": shared_bigquery_clients,
     "dofn_reuse": reused_dofns,
     "sink_reshuffle": sinks_without_reshuffle,
@@ -594,13 +513,12 @@ def check_beam_internals() -> list[str]:
     for fn, expected in (
         (_original(te._ParDoEvaluator, "start_bundle"), _PARDO_START_BUNDLE_SHA256),
         (_original(te._ParDoEvaluator, "finish_bundle"), _PARDO_FINISH_BUNDLE_SHA256),
-        (_original(wm._TransformWatermarks, "extract_transform_timers"), _EXTRACT_TIMERS_SHA256),
         (_original(trigger._CombiningValueStateTag, "without_extraction"), _NO_EXTRACTION_SHA256),
         (_original(trigger.InMemoryUnmergedState, "copy"), _STATE_COPY_SHA256),
     ):
         if source_sha256(fn) != expected:
             problems.append(f"{fn.__qualname__} changed (source hash); review the copy here")
-    return problems + accelerate_state.check_internals()
+    return problems + accelerate_state.check_internals() + accelerate_timers.check_internals()
 
 
 def pull_size_from_env(default: int = DEFAULT_PULL_SIZE) -> int:

@@ -107,8 +107,7 @@ def forget_empty_keys() -> None:
     read, no timer and no watermark hold (an empty state holds nothing).
     A key with a timer firing still to be delivered is kept (Beam extracts a
     due timer on every scheduling pass until a bundle clears it, so one timer
-    can be delivered twice). Also drops ``local.accelerate``'s per-key timer
-    index entry. The legacy
+    can be delivered twice). The legacy
     runner has a single worker thread; removal happens under the
     evaluation context's and the step's watermark locks all the same.
     """
@@ -124,7 +123,6 @@ def forget_empty_keys() -> None:
                 states = self._transform_keyed_states[result.transform]
                 watermarks = self._watermark_manager.get_watermarks(result.transform)
                 with watermarks._lock:
-                    index = watermarks.__dict__.get("_accelerate_timer_index")
                     outstanding = {f.encoded_key for f in watermarks._fired_timers}
                     for key in list(touched):
                         state = states.get(key)
@@ -132,8 +130,6 @@ def forget_empty_keys() -> None:
                             continue  # a timer of it is still to be delivered
                         if state is not None and is_empty_state(state):
                             del states[key]
-                            if index is not None:
-                                index.pop(key, None)
         return committed
 
     _set(EvaluationContext, "handle_result", handle_result)
@@ -225,8 +221,7 @@ def sweep_step(context: Any, transform: Any) -> tuple[int, int]:
     ``collect_expired_windows`` on each key of the step (non-merging window
     functions only), under the evaluation context's and the step's watermark
     locks; a key left empty (``is_empty_state``) with no timer firing still to
-    be delivered and no watermark hold is removed, with ``local.accelerate``'s
-    timer index entry. Returns (windows dropped, keys removed).
+    be delivered and no watermark hold is removed. Returns (windows dropped, keys removed).
     """
     windowing = transform.transform.windowing
     if windowing.windowfn.is_merging():
@@ -240,7 +235,6 @@ def sweep_step(context: Any, transform: Any) -> tuple[int, int]:
             fired: dict[Any, set] = {}
             for firing in watermarks._fired_timers:
                 fired.setdefault(firing.encoded_key, set()).add(firing.window)
-            index = watermarks.__dict__.get("_accelerate_timer_index")
             for key, state in list(states.items()):
                 windows += collect_expired_windows(
                     state, windowing.allowed_lateness, input_watermark, fired.get(key, ())
@@ -251,8 +245,6 @@ def sweep_step(context: Any, transform: Any) -> tuple[int, int]:
                     and is_empty_state(state)
                 ):
                     del states[key]
-                    if index is not None:
-                        index.pop(key, None)
                     keys += 1
     return windows, keys
 

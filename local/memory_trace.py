@@ -101,10 +101,18 @@ def _state_sizes(state: Any) -> tuple[int, int, int]:
     return len(cells), sum(len(t) for t in timers.values()), values
 
 
+def _timer_index_sizes(states: Any) -> dict[str, int]:
+    """Keys and heap entries in ``local.accelerate_timers``' index of one step (0: none)."""
+    index = getattr(states, "timer_index", None)
+    if index is None:
+        return {"timer_index": 0, "timer_heap": 0}
+    return {"timer_index": len(index.entries) + len(index.unknown), "timer_heap": index.heap_size()}
+
+
 def runner_state(contexts: list[Any], top: int = 12) -> list[dict[str, Any]]:
     """What the local runner retains per stateful step: keys, windows, timers,
     stored values, watermark holds, timers fired but not yet delivered, and
-    ``local.accelerate``'s timer index (steps with the most keys first)."""
+    ``local.accelerate_timers``' index (steps with the most keys first)."""
     out = []
     for ctx in contexts:
         manager = getattr(ctx, "_watermark_manager", None)
@@ -126,9 +134,7 @@ def runner_state(contexts: list[Any], top: int = 12) -> list[dict[str, Any]]:
                     "values": values,
                     "holds": len(getattr(marks, "_keyed_earliest_holds", ())),
                     "fired": len(getattr(marks, "_fired_timers", ())),
-                    "timer_index": len(vars(marks).get("_accelerate_timer_index", ()))
-                    if marks is not None
-                    else 0,
+                    **_timer_index_sizes(states),
                 }
             )
     return sorted(out, key=lambda r: -r["keys"])[:top]

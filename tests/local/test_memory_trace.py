@@ -9,6 +9,7 @@ import tracemalloc
 import pytest
 
 from local import memory_trace, pipeline
+from local.accelerate_timers import TrackedStates
 
 
 @pytest.fixture(autouse=True)
@@ -121,9 +122,11 @@ def test_runner_state_counts_what_each_stateful_step_retains():
     k1.timers["w1"][("t", 0, "")] = 5
     marks = type("W", (), {})()
     marks._keyed_earliest_holds, marks._fired_timers = {"k1": 1}, set()
-    marks._accelerate_timer_index = {"k1": 0, "k2": 0}
+    aggregate_states = TrackedStates()
+    aggregate_states.update({"k1": k1, "k2": k2})
+    aggregate_states.timer_index.refresh(aggregate_states)
     ctx = EvaluationContext(
-        {dedup: {"a": InMemoryUnmergedState()}, agg: {"k1": k1, "k2": k2}, stateless: {}},
+        {dedup: {"a": InMemoryUnmergedState()}, agg: aggregate_states, stateless: {}},
         {agg: marks},
     )
     counts, contexts = memory_trace.type_counts()
@@ -132,6 +135,6 @@ def test_runner_state_counts_what_each_stateful_step_retains():
     assert [r["step"] for r in rows] == ["Aggregate", "Dedup"]
     assert rows[0] == {
         "step": "Aggregate", "keys": 2, "windows": 2, "timers": 1, "values": 3,
-        "holds": 1, "fired": 0, "timer_index": 2,
+        "holds": 1, "fired": 0, "timer_index": 2, "timer_heap": 0,
     }  # fmt: skip
     assert rows[1]["keys"] == 1 and rows[1]["timer_index"] == 0
