@@ -21,8 +21,8 @@ only change through such a write. A pass then:
 3. asks exactly those keys, in the keyed-state dict's order, for their
    expired timers with Beam's own ``get_timers``.
 
-A key whose timers are not all ``Timestamp``s in the two known time domains
-is asked on every pass, as Beam does. So the fired timers, their order and the
+A key whose timers are not all ``Timestamp``s or seconds in the two known
+time domains is asked on every pass, as Beam does. So the fired timers, their order and the
 "has a processing-time timer" answer are Beam's (tested against Beam's own
 extraction on random timer tables).
 """
@@ -54,8 +54,9 @@ _SOURCE_SHA256 = {
 def timer_summary(state: Any) -> tuple[int | None, int | None, bool]:
     """(earliest event-time ns, earliest processing-time ns, unknown) of a key's timers.
 
-    ``unknown`` is True when the timers are not a dict of ``Timestamp``s in the
-    WATERMARK and REAL_TIME domains; such a key is asked on every pass.
+    ``unknown`` is True when the timers are not a dict of ``Timestamp``s (or
+    plain seconds) in the WATERMARK and REAL_TIME domains; such a key is asked
+    on every pass.
     """
     from apache_beam.transforms.trigger import TimeDomain
     from apache_beam.utils.timestamp import Timestamp
@@ -66,9 +67,13 @@ def timer_summary(state: Any) -> tuple[int | None, int | None, bool]:
     watermark = realtime = None
     for per_window in timers.values():
         for (_, domain, _), timestamp in per_window.items():
-            if type(timestamp) is not Timestamp:
+            kind = type(timestamp)
+            if kind is Timestamp:
+                nanos = timestamp.nanos
+            elif kind is float or kind is int:  # a user timer set to time.time() + s
+                nanos = Timestamp.of(timestamp).nanos  # as Beam's comparison converts it
+            else:
                 return None, None, True
-            nanos = timestamp.nanos
             if domain == TimeDomain.REAL_TIME:
                 if realtime is None or nanos < realtime:
                     realtime = nanos

@@ -61,7 +61,8 @@ def test_accelerate_is_idempotent_and_restore_undoes_every_patch():
     from apache_beam.io.gcp import bigquery
     from apache_beam.runners.direct import transform_evaluator as te
     from apache_beam.runners.direct import watermark_manager as wm
-    from apache_beam.transforms import userstate
+    from apache_beam.runners.direct.evaluation_context import EvaluationContext
+    from apache_beam.transforms import core, userstate
 
     before = {
         "overrides": te.TransformEvaluatorRegistry._test_evaluators_overrides,
@@ -73,6 +74,8 @@ def test_accelerate_is_idempotent_and_restore_undoes_every_patch():
         "reshuffle": bigquery.ReshufflePerKey,
         "copy": trigger.InMemoryUnmergedState.copy,
         "no_extraction": trigger._CombiningValueStateTag.without_extraction,
+        "arguments": core.get_function_arguments,
+        "keyed_states": EvaluationContext._initialize_keyed_states,
     }
     assert acc.accelerate(pull_size=200) == sorted(acc.PATCHES)
     patched_specs = userstate.get_dofn_specs
@@ -96,6 +99,8 @@ def test_accelerate_is_idempotent_and_restore_undoes_every_patch():
         "reshuffle": bigquery.ReshufflePerKey,
         "copy": trigger.InMemoryUnmergedState.copy,
         "no_extraction": trigger._CombiningValueStateTag.without_extraction,
+        "arguments": core.get_function_arguments,
+        "keyed_states": EvaluationContext._initialize_keyed_states,
     }
     assert after == before
     assert acc.applied() == []
@@ -136,6 +141,32 @@ def test_cached_dofn_specs_equal_beams():
     assert [userstate.get_dofn_specs(f) for f in fns] == expected
     assert [userstate.get_dofn_specs(f) for f in fns] == expected  # from the cache
     assert [userstate.is_stateful_dofn(f) for f in fns] == [True, False, False, True]
+
+
+def test_cached_function_arguments_equal_beams():
+    from apache_beam.transforms import core
+
+    beams = core.get_function_arguments
+    acc.accelerate(patches=["function_arguments"])
+
+    class EchoFn(beam.DoFn):
+        def process(self, element, timestamp=beam.DoFn.TimestampParam):
+            yield element, timestamp
+
+    def loose(element, window=beam.DoFn.WindowParam):
+        return element
+
+    echo = EchoFn()
+    echo.finish_bundle = loose  # a plain function stored on the instance: not bound
+    mapped = beam.Map(lambda x, k=3: x).fn  # answers through _inspect_process
+    for obj, name in [(echo, "process"), (echo, "finish_bundle"), (mapped, "process")]:
+        for _ in range(2):  # computed, then from the cache
+            assert core.get_function_arguments(obj, name) == beams(obj, name), name
+    assert core.get_function_arguments(echo, "process")[0] == ["element", "timestamp"]
+    assert core.get_function_arguments(echo, "finish_bundle")[0] == ["element", "window"]
+    answer = core.get_function_arguments(echo, "process")
+    answer[0].append("changed by a caller")
+    assert core.get_function_arguments(echo, "process") == beams(echo, "process")
 
 
 def test_row_size_check_still_refuses_an_oversized_row():

@@ -41,7 +41,9 @@ def _random_state(rng: random.Random, base: float) -> InMemoryUnmergedState:
         domain = rng.choice([TimeDomain.WATERMARK, TimeDomain.REAL_TIME])
         # Nanosecond-precision timestamps too: the index must compare as Beam does.
         timestamp = Timestamp(base + rng.uniform(-5, 30))
-        if rng.random() < 0.2:
+        if rng.random() < 0.1:  # a user timer set to time.time() + s
+            timestamp = base + rng.uniform(-5, 30)
+        elif rng.random() < 0.2:
             nanos = rng.randint(0, 10**9 - 1)
             timestamp = Timestamp(seconds=int(base), subseconds=nanos, precision=9)
         state.set_timer(window, f"t{rng.randint(0, 2)}", domain, timestamp)
