@@ -34,7 +34,7 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from local import accelerate_state, accelerate_timers
+from local import accelerate_sinks, accelerate_state, accelerate_timers
 from local.patching import original as _original
 from local.patching import set_attr as _set
 from local.patching import source_sha256, undo_all
@@ -209,85 +209,6 @@ def cached_function_arguments() -> None:
         return list(answer[0]), list(answer[1])
 
     _set(core, "get_function_arguments", get_function_arguments)
-
-
-# ----------------------------------------------------------------- BigQuery sink
-
-
-def bounded_row_size_check() -> None:
-    """Checks a BigQuery row's size without scanning every module's globals.
-
-    ``BigQueryWriteFn._check_row_size`` calls ``objsize.get_deep_size``, which
-    by default first collects the ids of every loaded module's globals (to
-    exclude shared objects): ~600 µs per row once TensorFlow is loaded. The
-    same walk without that exclusion counts at least as many bytes, so when
-    it is below the limit Beam's exact check would pass too; only then is
-    its figure used (for batch byte limits, where a larger figure can only
-    flush earlier). Rows at or above the limit get Beam's exact check, so an
-    oversized row is still refused and dead-lettered exactly as before.
-    """
-    import objsize
-    from apache_beam.io.gcp.bigquery import BigQueryWriteFn
-
-    original = BigQueryWriteFn._check_row_size
-
-    def _check_row_size(self, row_and_insert_id):
-        upper = objsize.get_deep_size(row_and_insert_id, exclude_modules_globals=False)
-        if upper < self._max_insert_payload_size:
-            return upper, None
-        return original(self, row_and_insert_id)
-
-    _set(BigQueryWriteFn, "_check_row_size", _check_row_size)
-
-
-_shared_wrappers: dict[int, Any] = {}
-
-
-def shared_bigquery_clients() -> None:
-    """One set of BigQuery clients per process instead of one per bundle.
-
-    ``BigQueryWriteFn.start_bundle`` builds a ``BigQueryWrapper`` (an apitools
-    client and a google-cloud-bigquery client) when its copy has none, and the
-    DirectRunner unpickles a fresh copy per bundle. The wrapper holds no
-    per-destination state, so one per process serves every sink; only the
-    default client is shared (a ``test_client`` is left alone).
-    """
-    from apache_beam.io.gcp import bigquery_tools
-    from apache_beam.io.gcp.bigquery import BigQueryWriteFn
-
-    original = BigQueryWriteFn.start_bundle
-
-    def start_bundle(self):
-        if not self.bigquery_wrapper and self.test_client is None:
-            with _lock:
-                wrapper = _shared_wrappers.get(os.getpid())
-                if wrapper is None:
-                    wrapper = _shared_wrappers[os.getpid()] = bigquery_tools.BigQueryWrapper()
-            self.bigquery_wrapper = wrapper
-        return original(self)
-
-    _set(BigQueryWriteFn, "start_bundle", start_bundle)
-
-
-def sinks_without_reshuffle() -> None:
-    """Drops the ``ReshufflePerKey`` inside ``WriteToBigQuery``'s streaming path.
-
-    Beam reshuffles rows between adding insert ids and inserting them, so a
-    retried bundle on Dataflow re-sends the same ids. The DirectRunner never
-    retries a bundle, and its reshuffle is a keyed grouping with per-key state
-    and timers. Replaced by an identity step with the same label (values,
-    timestamps and windows unchanged). Applies to pipelines built after it.
-    """
-    import apache_beam as beam
-    from apache_beam.io.gcp import bigquery
-
-    class ReshufflePerKey(beam.PTransform):
-        """Identity (local only): stands in for Beam's ReshufflePerKey."""
-
-        def expand(self, pcoll):
-            return pcoll | "Identity" >> beam.Map(lambda kv: kv)
-
-    _set(bigquery, "ReshufflePerKey", ReshufflePerKey)
 
 
 # ----------------------------------------------------------------- DoFn reuse
@@ -501,11 +422,12 @@ PATCHES: dict[str, Callable[[], None]] = {
     "pubsub_pulls": larger_pubsub_pulls,
     "dofn_specs": cached_dofn_specs,
     "function_arguments": cached_function_arguments,
-    "row_size_check": bounded_row_size_check,
+    "row_size_check": accelerate_sinks.bounded_row_size_check,
     "timers": accelerate_timers.indexed_timers,
-    "bigquery_clients": shared_bigquery_clients,
+    "bigquery_clients": accelerate_sinks.shared_bigquery_clients,
     "dofn_reuse": reused_dofns,
-    "sink_reshuffle": sinks_without_reshuffle,
+    "sink_reshuffle": accelerate_sinks.sinks_without_reshuffle,
+    "sink_thread": accelerate_sinks.sink_thread,
     "combine_tags": reused_no_extraction_tags,
     "timer_copies": shallow_timer_copies,
     **accelerate_state.PATCHES,  # forget_empty_keys, expired_window_gc, sweep_expired_windows
@@ -515,7 +437,6 @@ PATCHES: dict[str, Callable[[], None]] = {
 def check_beam_internals() -> list[str]:
     """What changed in the Beam internals the patches rely on (empty: none)."""
     import apache_beam
-    from apache_beam.io.gcp import bigquery
     from apache_beam.runners.direct import transform_evaluator as te
     from apache_beam.runners.direct import watermark_manager as wm
     from apache_beam.transforms import trigger, userstate
@@ -530,8 +451,6 @@ def check_beam_internals() -> list[str]:
         te: ["_PubSubReadEvaluator", "_ParDoEvaluator", "get_dofn_specs", "is_stateful_dofn"],
         te._PubSubReadEvaluator: ["_get_subscriber_client", "_read_from_pubsub"],
         userstate: ["get_dofn_specs", "is_stateful_dofn"],
-        bigquery: ["ReshufflePerKey"],
-        bigquery.BigQueryWriteFn: ["_check_row_size", "start_bundle"],
         wm._TransformWatermarks: ["extract_transform_timers"],
         trigger._CombiningValueStateTag: ["without_extraction"],
         trigger.InMemoryUnmergedState: ["copy"],
@@ -545,11 +464,6 @@ def check_beam_internals() -> list[str]:
             te._PubSubReadEvaluator._read_from_pubsub,
             ["self._get_subscriber_client(", "max_messages="],
         ),
-        (
-            _original(bigquery.BigQueryWriteFn, "_check_row_size"),
-            ["get_deep_size(", "_max_insert_payload_size"],
-        ),
-        (_original(bigquery.BigQueryWriteFn, "start_bundle"), ["if not self.bigquery_wrapper"]),
     ):
         if not all(needle in inspect.getsource(fn) for needle in needles):
             problems.append(f"{fn.__qualname__} changed: no {needles}")
@@ -561,7 +475,12 @@ def check_beam_internals() -> list[str]:
     ):
         if source_sha256(fn) != expected:
             problems.append(f"{fn.__qualname__} changed (source hash); review the copy here")
-    return problems + accelerate_state.check_internals() + accelerate_timers.check_internals()
+    return (
+        problems
+        + accelerate_sinks.check_internals()
+        + accelerate_state.check_internals()
+        + accelerate_timers.check_internals()
+    )
 
 
 def pull_size_from_env(default: int = DEFAULT_PULL_SIZE) -> int:
@@ -642,7 +561,7 @@ def restore() -> None:
         _applied.clear()
         _spec_cache.clear()
         _arguments_cache.clear()
-        _shared_wrappers.clear()
+        accelerate_sinks.reset()
         _pull_size = DEFAULT_PULL_SIZE
     _teardown_pooled()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 import uuid
@@ -59,6 +60,7 @@ def test_a_changed_beam_method_that_is_copied_here_is_reported(monkeypatch):
 
 def test_accelerate_is_idempotent_and_restore_undoes_every_patch():
     from apache_beam.io.gcp import bigquery
+    from apache_beam.runners.direct import executor as ex
     from apache_beam.runners.direct import transform_evaluator as te
     from apache_beam.runners.direct import watermark_manager as wm
     from apache_beam.runners.direct.evaluation_context import EvaluationContext
@@ -76,6 +78,9 @@ def test_accelerate_is_idempotent_and_restore_undoes_every_patch():
         "no_extraction": trigger._CombiningValueStateTag.without_extraction,
         "arguments": core.get_function_arguments,
         "keyed_states": EvaluationContext._initialize_keyed_states,
+        "schedule": ex._ExecutorServiceParallelExecutor.schedule_consumption,
+        "await": ex._ExecutorServiceParallelExecutor.await_completion,
+        "switch_interval": sys.getswitchinterval(),
     }
     assert acc.accelerate(pull_size=200) == sorted(acc.PATCHES)
     patched_specs = userstate.get_dofn_specs
@@ -101,6 +106,9 @@ def test_accelerate_is_idempotent_and_restore_undoes_every_patch():
         "no_extraction": trigger._CombiningValueStateTag.without_extraction,
         "arguments": core.get_function_arguments,
         "keyed_states": EvaluationContext._initialize_keyed_states,
+        "schedule": ex._ExecutorServiceParallelExecutor.schedule_consumption,
+        "await": ex._ExecutorServiceParallelExecutor.await_completion,
+        "switch_interval": sys.getswitchinterval(),
     }
     assert after == before
     assert acc.applied() == []
@@ -216,6 +224,9 @@ class _StatefulFn(beam.DoFn):
         count.clear()
 
 
+_THREADS: dict[str, set[int]] = {}  # run id -> threads that inserted (or collected) rows
+
+
 class _Collect(beam.DoFn):
     def __init__(self, run_id: str, tag: str):
         self._run_id = run_id
@@ -223,6 +234,7 @@ class _Collect(beam.DoFn):
 
     def process(self, element, ts=beam.DoFn.TimestampParam, pane=beam.DoFn.PaneInfoParam):
         with _LOCK:
+            _THREADS.setdefault(f"{self._run_id}/collect", set()).add(threading.get_ident())
             _COLLECTED.setdefault(self._run_id, []).append(
                 (self._tag, repr(element), float(ts), pane.timing, pane.index)
             )
@@ -295,6 +307,8 @@ class _FakeBigQuery:
         self._run_id = run_id
 
     def insert_rows_json(self, table, json_rows, row_ids=None, **kwargs):
+        with _LOCK:
+            _THREADS.setdefault(self._run_id, set()).add(threading.get_ident())
         errors = []
         for i, row in enumerate(json_rows):
             if row.get("bad"):
@@ -340,13 +354,21 @@ def _run_sink(run_id: str) -> list:
 
 
 def test_sink_inserts_the_same_rows_and_refused_rows_still_come_back():
-    stock = _run_sink(uuid.uuid4().hex)
+    stock_run, fast_run = uuid.uuid4().hex, uuid.uuid4().hex
+    stock = _run_sink(stock_run)
     with acc.accelerated():
-        fast = _run_sink(uuid.uuid4().hex)
+        fast = _run_sink(fast_run)
     refused = [row for row in stock if row[0] == "refused"]
     assert len(refused) == 15  # i % 9 == 0 for i in 0..39: 5 per step
     assert len(stock) == 120
     assert fast == stock
+    # Stock: the inserts ran on the runner's one worker thread, with the other steps;
+    # accelerated: on the sink thread.
+    with _LOCK:
+        stock_inserts, stock_others = _THREADS.pop(stock_run), _THREADS.pop(f"{stock_run}/collect")
+        fast_inserts, fast_others = _THREADS.pop(fast_run), _THREADS.pop(f"{fast_run}/collect")
+    assert stock_inserts == stock_others
+    assert len(fast_inserts) == 1 and fast_inserts.isdisjoint(fast_others)
 
 
 # ----------------------------------------------------------------- Pub/Sub
