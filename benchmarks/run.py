@@ -24,7 +24,7 @@ rate. Every measurement records the 1-minute load average before and after:
 on a shared machine absolute figures are depressed, the stock/accelerated
 comparison (same session, alternating) is the robust part.
 
-    python -m benchmarks.run [--reps 3] [--rate 200] [--duration 30] [--bare-events 20000]
+    python -m benchmarks.run [--reps 3] [--rate 300] [--duration 60] [--bare-events 20000]
 """
 
 from __future__ import annotations
@@ -354,8 +354,8 @@ def main(argv: list[str] | None = None) -> int:
         help=f"comma-separated subset of {','.join(PARTS)} (default: all)",
     )
     parser.add_argument("--reps", type=int, default=3, help="repetitions of each (3)")
-    parser.add_argument("--rate", type=float, default=200, help="offered events/s (200)")
-    parser.add_argument("--duration", type=float, default=30, help="publishing seconds (30)")
+    parser.add_argument("--rate", type=float, default=300, help="offered events/s (300)")
+    parser.add_argument("--duration", type=float, default=60, help="publishing seconds (60)")
     parser.add_argument("--drain", type=float, default=40, help="seconds allowed after (40)")
     parser.add_argument("--bare-events", type=int, default=20000, help="bare-read backlog")
     parser.add_argument("--skip-stock", action="store_true", help="accelerated only")
