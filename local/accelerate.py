@@ -25,7 +25,6 @@ they change.
 from __future__ import annotations
 
 import contextlib
-import inspect
 import logging
 import os
 import threading
@@ -35,9 +34,9 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from local import accelerate_sinks, accelerate_state, accelerate_timers
+from local.patching import missing_attributes, missing_source, source_sha256, undo_all
 from local.patching import original as _original
 from local.patching import set_attr as _set
-from local.patching import source_sha256, undo_all
 
 _LOG = logging.getLogger(__name__)
 
@@ -455,18 +454,17 @@ def check_beam_internals() -> list[str]:
         trigger._CombiningValueStateTag: ["without_extraction"],
         trigger.InMemoryUnmergedState: ["copy"],
     }
-    for owner, names in checks.items():
-        problems += [f"{owner.__name__}.{n} is gone" for n in names if not hasattr(owner, n)]
+    problems += missing_attributes(checks)
     if problems:
         return problems
-    for fn, needles in (
-        (
-            te._PubSubReadEvaluator._read_from_pubsub,
-            ["self._get_subscriber_client(", "max_messages="],
-        ),
-    ):
-        if not all(needle in inspect.getsource(fn) for needle in needles):
-            problems.append(f"{fn.__qualname__} changed: no {needles}")
+    problems += missing_source(
+        [
+            (
+                te._PubSubReadEvaluator._read_from_pubsub,
+                ["self._get_subscriber_client(", "max_messages="],
+            )
+        ]
+    )
     for fn, expected in (
         (_original(te._ParDoEvaluator, "start_bundle"), _PARDO_START_BUNDLE_SHA256),
         (_original(te._ParDoEvaluator, "finish_bundle"), _PARDO_FINISH_BUNDLE_SHA256),

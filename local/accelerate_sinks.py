@@ -19,9 +19,9 @@ import sys
 import threading
 from typing import Any
 
+from local.patching import missing_attributes, missing_source, source_sha256
 from local.patching import original as _original
 from local.patching import set_attr as _set
-from local.patching import source_sha256
 
 _lock = threading.Lock()
 
@@ -257,12 +257,10 @@ _SOURCE_SHA256 = {
 
 def check_internals() -> list[str]:
     """What changed in the Beam internals these patches rely on (empty: none)."""
-    import inspect
 
     from apache_beam.io.gcp import bigquery
     from apache_beam.runners.direct import executor as ex
 
-    problems = []
     checks = {
         bigquery: ["ReshufflePerKey", "BigQueryWriteFn"],
         bigquery.BigQueryWriteFn: ["_check_row_size", "start_bundle"],
@@ -273,22 +271,24 @@ def check_internals() -> list[str]:
         ],
         ex._TransformExecutorServices: ["__init__"],
     }
-    for owner, names in checks.items():
-        problems += [f"{owner.__name__}.{n} is gone" for n in names if not hasattr(owner, n)]
+    problems = missing_attributes(checks)
     if problems:
         return problems
-    for fn, needles in (
-        (
-            _original(bigquery.BigQueryWriteFn, "_check_row_size"),
-            ["get_deep_size(", "_max_insert_payload_size"],
-        ),
-        (_original(bigquery.BigQueryWriteFn, "start_bundle"), ["if not self.bigquery_wrapper"]),
-        (ex._TransformExecutorServices.__init__, ["self._scheduled"]),
-        (ex._ExecutorServiceParallelExecutor._TypedUpdateQueue.__init__, ["self._queue"]),
-        (ex.TransformExecutor.call, ["self._transform_evaluation_state.complete(self)"]),
-    ):
-        if not all(needle in inspect.getsource(fn) for needle in needles):
-            problems.append(f"{fn.__qualname__} changed: no {needles}")
+    problems = missing_source(
+        [
+            (
+                _original(bigquery.BigQueryWriteFn, "_check_row_size"),
+                ["get_deep_size(", "_max_insert_payload_size"],
+            ),
+            (
+                _original(bigquery.BigQueryWriteFn, "start_bundle"),
+                ["if not self.bigquery_wrapper"],
+            ),
+            (ex._TransformExecutorServices.__init__, ["self._scheduled"]),
+            (ex._ExecutorServiceParallelExecutor._TypedUpdateQueue.__init__, ["self._queue"]),
+            (ex.TransformExecutor.call, ["self._transform_evaluation_state.complete(self)"]),
+        ]
+    )
     for name, expected in _SOURCE_SHA256.items():
         owner = ex._ExecutorServiceParallelExecutor
         if name.startswith("_MonitorTask."):

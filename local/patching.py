@@ -44,3 +44,22 @@ def undo_all() -> None:
         else:
             setattr(owner, name, value)
     _originals.clear()
+
+
+def missing_attributes(checks: dict[Any, list[str]]) -> list[str]:
+    """``"Owner.name is gone"`` for each listed attribute an owner no longer has."""
+    return [
+        f"{owner.__name__}.{name} is gone"
+        for owner, names in checks.items()
+        for name in names
+        if not hasattr(owner, name)
+    ]
+
+
+def missing_source(expected: list[tuple[Callable, list[str]]]) -> list[str]:
+    """``"fn changed: no [...]"`` for each function whose source lacks a needle."""
+    return [
+        f"{fn.__qualname__} changed: no {needles}"
+        for fn, needles in expected
+        if not all(needle in inspect.getsource(fn) for needle in needles)
+    ]

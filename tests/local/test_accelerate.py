@@ -28,11 +28,7 @@ _COLLECTED: dict[str, list] = {}
 _LOCK = threading.Lock()
 
 
-@pytest.fixture(autouse=True)
-def _restored():
-    acc.restore()
-    yield
-    acc.restore()
+pytestmark = pytest.mark.usefixtures("unpatched_runner")
 
 
 def test_beam_internals_are_the_ones_the_patches_were_written_for():

@@ -29,11 +29,7 @@ _OUT: dict[str, list] = {}
 _LOCK = threading.Lock()
 
 
-@pytest.fixture(autouse=True)
-def _restored():
-    acc.restore()
-    yield
-    acc.restore()
+pytestmark = pytest.mark.usefixtures("unpatched_runner")
 
 
 def test_internals_the_patches_rely_on_are_unchanged():

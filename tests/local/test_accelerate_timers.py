@@ -14,12 +14,7 @@ from apache_beam.utils.timestamp import Timestamp
 from local import accelerate as acc
 from local import accelerate_timers as at
 
-
-@pytest.fixture(autouse=True)
-def _restored():
-    acc.restore()
-    yield
-    acc.restore()
+pytestmark = pytest.mark.usefixtures("unpatched_runner")
 
 
 def test_internals_the_index_relies_on_are_unchanged():
