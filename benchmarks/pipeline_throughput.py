@@ -2,7 +2,9 @@
 
 One measurement: fresh topic, subscription and BigQuery dataset on running
 emulators; ``python -m local.pipeline`` (accelerated, or stock with
-``LOCAL_ACCELERATE=0``) with inline inference and ``--retrain_topic``; the
+``LOCAL_ACCELERATE=0``) with inline inference and ``--retrain_topic``, and the
+training launcher with its warm trainer consuming those triggers (as
+``run_local.sh`` runs it; ``--no-trainer`` leaves it out); the
 simulator publishes live readings (event time = now) at ``--rate`` for
 ``--duration`` seconds. An event counts as landed when it has BOTH its
 training row and its prediction row, so the landed count is
@@ -15,7 +17,7 @@ the prediction rows, ``predicted_at - event_time``), the pipeline process's
 peak RSS, and the 1-minute load average before and after (the machine may be
 shared).
 
-    python -m benchmarks.pipeline_throughput [--rate 200] [--duration 30] [--stock]
+    python -m benchmarks.pipeline_throughput [--rate 200] [--duration 30] [--stock] [--no-trainer]
 
 ``python -m benchmarks.run`` repeats this (stock and accelerated, back to back)
 and writes ``benchmarks/results.json``.
@@ -92,6 +94,16 @@ def _published(stats_file: Path) -> int:
         return 0
 
 
+def _retrains(stats_file: Path) -> dict | None:
+    """The launcher's trigger and run counts (None if it wrote no stats)."""
+    try:
+        stats = json.loads(stats_file.read_text())
+    except (OSError, ValueError):
+        return None
+    keys = ("triggers_received", "runs_started", "runs_succeeded", "runs_rejected", "runs_failed")
+    return {key: stats.get(key) for key in keys}
+
+
 def bootstrap_registry(state: Path, config: str = CONFIG) -> Path:
     """A registry holding a first model (trained on simulated history of ``config``)."""
     registry = state / "registry"
@@ -114,8 +126,14 @@ def measure(
     pull_size: int | None = None,
     patches: list[str] | None = None,
     startup_timeout: float = 180,
+    trainer: bool = True,
 ) -> dict:
-    """One live run of the full pipeline (emulators already running, env set)."""
+    """One live run of the full pipeline (emulators already running, env set).
+
+    With ``trainer`` (the default) the training launcher runs too, as in
+    ``run_local.sh`` (local backend, warm trainer), consuming the pipeline's
+    retraining triggers: its retrains share the machine with the pipeline.
+    """
     from dataset.config import load_config
     from dataset.resources import bigquery_client, ensure_pubsub
 
@@ -123,7 +141,9 @@ def measure(
     run = f"b{uuid.uuid4().hex[:8]}"
     dataset, topic = f"bench_{run}", f"{run}-events"
     _, subscription = ensure_pubsub(PROJECT, topic, f"{topic}-sub")
-    retrain_topic, _ = ensure_pubsub(PROJECT, f"{run}-retrain", f"{run}-retrain-sub")
+    retrain_topic, retrain_subscription = ensure_pubsub(
+        PROJECT, f"{run}-retrain", f"{run}-retrain-sub"
+    )
     env = dict(os.environ, LOCAL_ACCELERATE="1" if accelerated else "0")
     if pull_size:
         env["LOCAL_PUBSUB_PULL_SIZE"] = str(pull_size)
@@ -143,7 +163,19 @@ def measure(
              f"--retrain_topic={retrain_topic}"],
             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
-    publisher = None
+    publisher = launcher = None
+    launcher_stats = run_dir / "launcher-stats.json"
+    if trainer:
+        with open(run_dir / "launcher.log", "w") as launcher_log:
+            launcher = subprocess.Popen(
+                [sys.executable, "-m", "trainer.launcher", "--project", PROJECT,
+                 "--config", CONFIG, "--subscription", retrain_subscription,
+                 "--bq_dataset", dataset, "--registry", str(registry), "--backend", "local",
+                 "--warm-trainer", "--state-dir", str(run_dir / "launcher"),
+                 "--stats-file", str(launcher_stats)],
+                cwd=ROOT, env=env, stdout=launcher_log, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
     try:
         deadline = time.monotonic() + startup_timeout
         while "Starting " not in log_path.read_text(errors="replace"):
@@ -185,8 +217,9 @@ def measure(
         publisher_rc = publisher.wait(timeout=60)
         published = _published(stats_file)
         latencies = _latencies(client, dataset, config.tables.predictions)
+        retrains = _retrains(launcher_stats) if trainer else None
     finally:
-        for proc in (publisher, pipeline):
+        for proc in (publisher, launcher, pipeline):
             if proc is not None and proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGTERM)
                 try:
@@ -214,6 +247,8 @@ def measure(
         "kept_up": bool(rate_landed) and rate_landed >= 0.95 * rate,
         **latencies,
         "pipeline_peak_rss_mib": peak_rss,
+        "trainer_running": trainer,
+        "retrains": retrains,
         "load1_before": load_before,
         "load1_after": load1(),
         "log": str(log_path),
@@ -231,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=30, help="publishing seconds (30)")
     parser.add_argument("--drain", type=float, default=40, help="seconds allowed after (40)")
     parser.add_argument("--stock", action="store_true", help="stock DirectRunner")
+    parser.add_argument("--no-trainer", action="store_true", help="without the training launcher")
     args = parser.parse_args(argv)
     from local.emulators import emulators
 
@@ -240,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
         registry = bootstrap_registry(state)
         result = measure(
             state, registry, accelerated=not args.stock, rate=args.rate,
-            duration=args.duration, drain=args.drain,
+            duration=args.duration, drain=args.drain, trainer=not args.no_trainer,
         )  # fmt: skip
     result["at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

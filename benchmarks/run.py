@@ -205,6 +205,7 @@ def _live(args: argparse.Namespace) -> tuple[dict, dict]:
                         rate=args.rate,
                         duration=args.duration,
                         drain=args.drain,
+                        trainer=not args.no_trainer,
                     )  # fmt: skip
                 )
                 _log(f"  {live[name][-1]}")
@@ -230,7 +231,9 @@ def _live(args: argparse.Namespace) -> tuple[dict, dict]:
     details = {
         "method": {
             "live": f"full graph (validation, aggregates, inference, quality, triggers, all "
-            f"BigQuery sinks; --retrain_topic set, no launcher), 300 sensors, simulator "
+            f"BigQuery sinks; --retrain_topic set, "
+            f"{'no launcher' if args.no_trainer else 'launcher with its warm trainer retraining'}"
+            f"), 300 sensors, simulator "
             f"offering {args.rate:g} events/s for {args.duration:g} s, drain allowance "
             f"{args.drain:g} s; landed = min(training rows, prediction rows); rate from the "
             f"first poll that saw a landed row to the last increase; median of "
@@ -359,6 +362,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--drain", type=float, default=40, help="seconds allowed after (40)")
     parser.add_argument("--bare-events", type=int, default=20000, help="bare-read backlog")
     parser.add_argument("--skip-stock", action="store_true", help="accelerated only")
+    parser.add_argument(
+        "--no-trainer",
+        action="store_true",
+        help="live runs without the training launcher (it runs by default, as in run_local.sh)",
+    )
     parser.add_argument(
         "--ladder",
         action="store_true",
