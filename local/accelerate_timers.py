@@ -24,7 +24,16 @@ only change through such a write. A pass then:
 A key whose timers are not all ``Timestamp``s or seconds in the two known
 time domains is asked on every pass, as Beam does. So the fired timers, their order and the
 "has a processing-time timer" answer are Beam's (tested against Beam's own
-extraction on random timer tables).
+extraction on random timer tables), with one deliberate difference:
+
+4. a timer whose firing is already scheduled and not yet delivered
+   (``_fired_timers``) is not reported again. Beam reports a due timer on
+   every pass until the bundle that delivers it commits, and schedules each
+   report as another bundle; when a stateful step's bundles queue up (a
+   backlog), every pass adds another copy of every due timer, and each copy
+   is delivered: work grows with the backlog, and a second delivery clears
+   the timer its first delivery may have set again. Dataflow delivers a timer
+   once; so does this.
 """
 
 from __future__ import annotations
@@ -225,6 +234,18 @@ class TrackedStates(dict):
         return self
 
 
+def _firing_id(firing: Any) -> tuple:
+    """What makes two timer firings the same timer (``TimerFiring`` compares by identity)."""
+    return (
+        firing.encoded_key,
+        firing.window,
+        firing.name,
+        firing.time_domain,
+        firing.timestamp,
+        firing.dynamic_timer_tag,
+    )
+
+
 def indexed_timers() -> None:
     """Timer extraction asks only the keys whose earliest timer is due."""
     from apache_beam.runners.direct.evaluation_context import EvaluationContext
@@ -250,6 +271,7 @@ def indexed_timers() -> None:
             fired_timers = []
             has_realtime_timer = index.realtime_keys > 0
             keys = index.due_keys(watermark.nanos, Timestamp.of(now).nanos)
+            outstanding = {_firing_id(f) for f in self._fired_timers}
             for encoded_key in keys:
                 state = dict.get(states, encoded_key)
                 if state is None:
@@ -261,16 +283,16 @@ def indexed_timers() -> None:
                     has_realtime_timer = True
                 for expired in timers:
                     window, (name, time_domain, timestamp, dynamic_timer_tag) = expired
-                    fired_timers.append(
-                        TimerFiring(
-                            encoded_key,
-                            window,
-                            name,
-                            time_domain,
-                            timestamp,
-                            dynamic_timer_tag=dynamic_timer_tag,
-                        )
+                    firing = TimerFiring(
+                        encoded_key,
+                        window,
+                        name,
+                        time_domain,
+                        timestamp,
+                        dynamic_timer_tag=dynamic_timer_tag,
                     )
+                    if _firing_id(firing) not in outstanding:  # not scheduled twice
+                        fired_timers.append(firing)
             self._fired_timers.update(fired_timers)
             return fired_timers, has_realtime_timer
 

@@ -50,7 +50,9 @@ def _watermarks(states: dict, clock: beam_clock.TestClock) -> _TransformWatermar
 
 
 def _fired(marks: _TransformWatermarks) -> tuple[list, bool]:
+    """One pass's firings; then they count as delivered (bundle committed)."""
     timers, has_realtime = marks.extract_transform_timers()
+    marks.update_timers(timers)
     return [(t.encoded_key, t.window, t.name, t.time_domain, t.timestamp) for t in timers], (
         has_realtime
     )
@@ -150,3 +152,21 @@ def test_every_dict_mutator_is_seen_by_the_index():
     states.clear()
     index.refresh(states)
     assert index.entries == {} and index.order == {}
+
+
+def test_a_timer_scheduled_but_not_yet_delivered_is_not_reported_again():
+    at.indexed_timers()
+    states = at.TrackedStates()
+    state = InMemoryUnmergedState()
+    state.set_timer(None, "user/expiry", TimeDomain.WATERMARK, Timestamp(10))
+    states[b"k"] = state
+    marks = _watermarks(states, beam_clock.TestClock(Timestamp(100)))
+    marks._input_watermark = Timestamp(20)
+    first, _ = marks.extract_transform_timers()
+    assert [(t.encoded_key, t.timestamp) for t in first] == [(b"k", Timestamp(10))]
+    # Its bundle is still queued: Beam would report (and schedule) it again on every pass.
+    assert marks.extract_transform_timers() == ([], False)
+    assert marks.extract_transform_timers() == ([], False)
+    marks.update_timers(first)  # delivered; the state still has it (not re-committed yet)
+    again, _ = marks.extract_transform_timers()
+    assert [(t.encoded_key, t.timestamp) for t in again] == [(b"k", Timestamp(10))]
