@@ -34,8 +34,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from local import accelerate_sinks, accelerate_state, accelerate_timers
-from local.patching import missing_attributes, missing_source, source_sha256, undo_all
-from local.patching import original as _original
+from local.patching import changed_sources, missing_attributes, missing_source, undo_all
 from local.patching import set_attr as _set
 
 _LOG = logging.getLogger(__name__)
@@ -45,13 +44,22 @@ DEFAULT_PULL_SIZE = 1000
 PULL_SIZE_ENV = "LOCAL_PUBSUB_PULL_SIZE"
 PATCHES_ENV = "LOCAL_ACCELERATE_PATCHES"
 
-# sha256 of the Beam 2.77 methods this module replaces with edited copies: a
-# changed hash means Beam changed them, and the copies must be reviewed.
-_PARDO_START_BUNDLE_SHA256 = "23c7e2f6f26f091dd2c51711a19deebae07f76c9032a110fce51ca552b3fd13e"
-_PARDO_FINISH_BUNDLE_SHA256 = "26c32886c271dabb0632e50ec05c8386e224c54e3bb45c41c727589256cce5f7"
-
-_NO_EXTRACTION_SHA256 = "ddc5e69fd2d1c598d15bb4340fa2581bebd126bdd1bb34a4bc6bfa5fe3fe95f2"
-_STATE_COPY_SHA256 = "ee2487c6676bf0d0826d043954973486fa7e80f71f4c4276707b3a88eac1c94e"
+# sha256 of the Beam 2.77 methods this module replaces with edited copies (or relies
+# on): a changed hash means Beam changed them, and the copies must be reviewed.
+_SOURCE_SHA256 = {
+    "_ParDoEvaluator.start_bundle": (
+        "23c7e2f6f26f091dd2c51711a19deebae07f76c9032a110fce51ca552b3fd13e"
+    ),
+    "_ParDoEvaluator.finish_bundle": (
+        "26c32886c271dabb0632e50ec05c8386e224c54e3bb45c41c727589256cce5f7"
+    ),
+    "_CombiningValueStateTag.without_extraction": (
+        "ddc5e69fd2d1c598d15bb4340fa2581bebd126bdd1bb34a4bc6bfa5fe3fe95f2"
+    ),
+    "InMemoryUnmergedState.copy": (
+        "ee2487c6676bf0d0826d043954973486fa7e80f71f4c4276707b3a88eac1c94e"
+    ),
+}
 
 _lock = threading.RLock()
 _applied: set[str] = set()
@@ -465,14 +473,12 @@ def check_beam_internals() -> list[str]:
             )
         ]
     )
-    for fn, expected in (
-        (_original(te._ParDoEvaluator, "start_bundle"), _PARDO_START_BUNDLE_SHA256),
-        (_original(te._ParDoEvaluator, "finish_bundle"), _PARDO_FINISH_BUNDLE_SHA256),
-        (_original(trigger._CombiningValueStateTag, "without_extraction"), _NO_EXTRACTION_SHA256),
-        (_original(trigger.InMemoryUnmergedState, "copy"), _STATE_COPY_SHA256),
-    ):
-        if source_sha256(fn) != expected:
-            problems.append(f"{fn.__qualname__} changed (source hash); review the copy here")
+    owners = {
+        "_ParDoEvaluator": te._ParDoEvaluator,
+        "_CombiningValueStateTag": trigger._CombiningValueStateTag,
+        "InMemoryUnmergedState": trigger.InMemoryUnmergedState,
+    }
+    problems += changed_sources(owners, _SOURCE_SHA256, "the copies in local.accelerate")
     return (
         problems
         + accelerate_sinks.check_internals()

@@ -19,7 +19,7 @@ import sys
 import threading
 from typing import Any
 
-from local.patching import missing_attributes, missing_source, source_sha256
+from local.patching import changed_sources, missing_attributes, missing_source
 from local.patching import original as _original
 from local.patching import set_attr as _set
 
@@ -243,13 +243,19 @@ def reset() -> None:
 
 # sha256 of the Beam 2.77 methods ``sink_thread`` wraps or calls into.
 _SOURCE_SHA256 = {
-    "schedule_consumption": "4ce07e42bfe6b9e6701ac3571afdcb4e1c5ccd2c0640ec541041bf22d35f8377",
-    "await_completion": "7c4cd90e775c554099b90e9cee216d61c7a233c864ca04859054fbdb0a6befbb",
-    "request_shutdown": "f6e3ef785a83323c03fe9b2f1bacb6522c348229641357b28ae662779ed8bec2",
-    "_MonitorTask._is_executing": (
+    "_ExecutorServiceParallelExecutor.schedule_consumption": (
+        "4ce07e42bfe6b9e6701ac3571afdcb4e1c5ccd2c0640ec541041bf22d35f8377"
+    ),
+    "_ExecutorServiceParallelExecutor.await_completion": (
+        "7c4cd90e775c554099b90e9cee216d61c7a233c864ca04859054fbdb0a6befbb"
+    ),
+    "_ExecutorServiceParallelExecutor.request_shutdown": (
+        "f6e3ef785a83323c03fe9b2f1bacb6522c348229641357b28ae662779ed8bec2"
+    ),
+    "_ExecutorServiceParallelExecutor._MonitorTask._is_executing": (
         "d48b6f8676c1f57bbcfdd51070842e688a8cabf19c38a11d03c79be7a7fd992b"
     ),
-    "_MonitorTask._add_work_if_necessary": (
+    "_ExecutorServiceParallelExecutor._MonitorTask._add_work_if_necessary": (
         "9899e67c4b7b57e519a507d9ff60126b9613101d406edc7f4a6542510040dec6"
     ),
 }
@@ -264,10 +270,11 @@ def check_internals() -> list[str]:
     checks = {
         bigquery: ["ReshufflePerKey", "BigQueryWriteFn"],
         bigquery.BigQueryWriteFn: ["_check_row_size", "start_bundle"],
-        ex: ["_ExecutorService", "_ParallelEvaluationState", "TransformExecutor"],
-        ex._ExecutorServiceParallelExecutor: [n for n in _SOURCE_SHA256 if "." not in n],
-        ex._ExecutorServiceParallelExecutor._MonitorTask: [
-            n.split(".", 1)[1] for n in _SOURCE_SHA256 if "." in n
+        ex: [
+            "_ExecutorService",
+            "_ExecutorServiceParallelExecutor",
+            "_ParallelEvaluationState",
+            "TransformExecutor",
         ],
         ex._TransformExecutorServices: ["__init__"],
     }
@@ -289,13 +296,5 @@ def check_internals() -> list[str]:
             (ex.TransformExecutor.call, ["self._transform_evaluation_state.complete(self)"]),
         ]
     )
-    for name, expected in _SOURCE_SHA256.items():
-        owner = ex._ExecutorServiceParallelExecutor
-        if name.startswith("_MonitorTask."):
-            owner, name = owner._MonitorTask, name.split(".", 1)[1]
-        fn = _original(owner, name)
-        if source_sha256(fn) != expected:
-            problems.append(
-                f"{fn.__qualname__} changed (source hash); review local.accelerate_sinks"
-            )
-    return problems
+    owners = {"_ExecutorServiceParallelExecutor": ex._ExecutorServiceParallelExecutor}
+    return problems + changed_sources(owners, _SOURCE_SHA256, "local.accelerate_sinks")

@@ -34,9 +34,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from local.patching import original as _original
+from local.patching import changed_sources
 from local.patching import set_attr as _set
-from local.patching import source_sha256
 
 _WINDOW_IDS_TAG = "window_ids"  # MergeableStateAdapter.WINDOW_IDS
 
@@ -304,10 +303,4 @@ def check_internals() -> list[str]:
     problems = []
     if trigger.MergeableStateAdapter.WINDOW_IDS.tag != _WINDOW_IDS_TAG:
         problems.append("MergeableStateAdapter.WINDOW_IDS is no longer 'window_ids'")
-    for qualname, expected in _SOURCE_SHA256.items():
-        owner_name, name = qualname.split(".")
-        fn = _original(owners[owner_name], name)
-        digest = source_sha256(fn)
-        if digest != expected:
-            problems.append(f"{qualname} changed (source hash); review local.accelerate_state")
-    return problems
+    return problems + changed_sources(owners, _SOURCE_SHA256, "local.accelerate_state")

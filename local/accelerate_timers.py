@@ -43,8 +43,8 @@ import itertools
 import threading
 from typing import Any
 
+from local.patching import changed_sources
 from local.patching import set_attr as _set
-from local.patching import source_sha256
 
 # sha256 of the Beam 2.77 methods this module replaces or relies on.
 _SOURCE_SHA256 = {
@@ -306,19 +306,9 @@ def check_internals() -> list[str]:
     from apache_beam.runners.direct.watermark_manager import _TransformWatermarks
     from apache_beam.transforms.trigger import InMemoryUnmergedState
 
-    from local.patching import original
-
     owners = {
         "_TransformWatermarks": _TransformWatermarks,
         "EvaluationContext": EvaluationContext,
         "InMemoryUnmergedState": InMemoryUnmergedState,
     }
-    problems = []
-    for qualified, expected in _SOURCE_SHA256.items():
-        owner_name, name = qualified.split(".")
-        owner = owners[owner_name]
-        if not hasattr(owner, name):
-            problems.append(f"{qualified} is gone")
-        elif source_sha256(original(owner, name)) != expected:
-            problems.append(f"{qualified} changed (source hash); review local.accelerate_timers")
-    return problems
+    return changed_sources(owners, _SOURCE_SHA256, "local.accelerate_timers")

@@ -63,3 +63,28 @@ def missing_source(expected: list[tuple[Callable, list[str]]]) -> list[str]:
         for fn, needles in expected
         if not all(needle in inspect.getsource(fn) for needle in needles)
     ]
+
+
+def changed_sources(owners: dict[str, Any], hashes: dict[str, str], review: str) -> list[str]:
+    """What changed among Beam methods a patch copies or relies on, by source hash.
+
+    Args:
+        owners: the first component of each qualified name -> the class it names.
+        hashes: ``"Owner.name"`` (or ``"Owner.Inner.name"``) -> the sha256 of that
+            method's source as the patch was written for (before any patch).
+        review: what to review when one changed (named in the message).
+
+    Returns:
+        ``"X is gone"`` or ``"X changed (source hash); review ..."`` per method.
+    """
+    problems = []
+    for qualified, expected in hashes.items():
+        first, *path = qualified.split(".")
+        owner = owners[first]
+        for part in path[:-1]:
+            owner = getattr(owner, part, None)
+        if owner is None or not hasattr(owner, path[-1]):
+            problems.append(f"{qualified} is gone")
+        elif source_sha256(original(owner, path[-1])) != expected:
+            problems.append(f"{qualified} changed (source hash); review {review}")
+    return problems

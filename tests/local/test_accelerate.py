@@ -54,6 +54,23 @@ def test_a_changed_beam_method_that_is_copied_here_is_reported(monkeypatch):
     assert any("source hash" in p for p in acc.check_beam_internals())
 
 
+def test_a_changed_or_missing_executor_method_the_sink_thread_wraps_is_reported(monkeypatch):
+    from apache_beam.runners.direct import executor as ex
+
+    monitor = ex._ExecutorServiceParallelExecutor._MonitorTask
+
+    def _is_executing(self):
+        return False  # stands in for a new Beam version's method
+
+    monkeypatch.setattr(monitor, "_is_executing", _is_executing)
+    monkeypatch.delattr(monitor, "_add_work_if_necessary")
+    problems = acc.check_beam_internals()
+    assert "_ExecutorServiceParallelExecutor._MonitorTask._add_work_if_necessary is gone" in (
+        problems
+    )
+    assert any("_MonitorTask._is_executing changed (source hash)" in p for p in problems)
+
+
 def test_accelerate_is_idempotent_and_restore_undoes_every_patch():
     from apache_beam.io.gcp import bigquery
     from apache_beam.runners.direct import executor as ex
