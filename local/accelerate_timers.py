@@ -271,7 +271,9 @@ def indexed_timers() -> None:
             fired_timers = []
             has_realtime_timer = index.realtime_keys > 0
             keys = index.due_keys(watermark.nanos, Timestamp.of(now).nanos)
-            outstanding = {_firing_id(f) for f in self._fired_timers}
+            # Firings scheduled but not yet delivered: only needed when a key is due
+            # (most passes, e.g. while the monitor loops idle, have none).
+            outstanding = {_firing_id(f) for f in self._fired_timers} if keys else ()
             for encoded_key in keys:
                 state = dict.get(states, encoded_key)
                 if state is None:
