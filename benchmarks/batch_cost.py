@@ -23,8 +23,8 @@ rows reached each sink (a graph that silently dropped predictions would look
 cheap), the machine, the 1-minute load before and after each run, and
 optionally (``--profile``) a cProfile of one ``graph_inference`` run.
 
-``workers_needed`` turns a cost into Dataflow workers (see
-docs/pending/batchcost.md for the assumptions).
+``benchmarks.cost_model`` turns the cost into Dataflow workers (README,
+"Running on Google Cloud -> 9. Costs to expect", states the assumptions).
 
     python -m benchmarks.batch_cost [--elements 20000] [--repeats 3]
         [--runner BundleBasedDirectRunner|FnApiRunner] [--profile] [--registry DIR]
@@ -60,11 +60,7 @@ from apache_beam.options.pipeline_options import PipelineOptions  # noqa: E402
 from apache_beam.transforms.window import TimestampedValue  # noqa: E402
 from apache_beam.utils.timestamp import Timestamp  # noqa: E402
 
-from benchmarks.cost_model import (  # noqa: E402
-    cost_table,
-    vcpu_seconds_per_million,
-    workers_needed,  # noqa: E402,F401  (re-exported for callers)
-)
+from benchmarks.cost_model import cost_table, vcpu_seconds_per_million  # noqa: E402
 from benchmarks.pipeline_throughput import load1  # noqa: E402
 from pipelines.streaming import Sinks, build_pipeline  # noqa: E402
 
