@@ -283,7 +283,8 @@ def _trainer(args: argparse.Namespace) -> tuple[dict, dict]:
 
 
 # Where each part's own benchmark writes its latest full results (the live part's
-# latest figures are the previous benchmarks/results.json's).
+# latest figures are the previous benchmarks/results.json's). The same paths as each
+# module's ``RESULTS`` (tested), not imported from them: two of them import Beam.
 PART_FILES = {
     "inference": ROOT / "benchmarks" / "results" / "inference_cost.json",
     "batch": ROOT / "benchmarks" / "results" / "batch_cost.json",

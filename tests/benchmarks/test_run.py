@@ -70,3 +70,14 @@ def test_parts_not_run_keep_their_latest_figures_with_when_they_were_measured(
 
     assert run.main(["--parts", "inference", "--out", str(out), "--no-carry-over"]) == 0
     assert json.loads(out.read_text())["freshness_s"] is None
+
+
+def test_part_files_are_where_each_benchmark_writes_its_results():
+    from benchmarks import batch_cost, freshness, inference_cost, trainer_scale
+
+    assert run.PART_FILES == {
+        "inference": inference_cost.RESULTS,
+        "batch": batch_cost.RESULTS,
+        "freshness": freshness.RESULTS,
+        "trainer": trainer_scale.RESULTS,
+    }
