@@ -34,6 +34,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from local.accelerate_timers import OutstandingFirings
 from local.patching import changed_sources
 from local.patching import set_attr as _set
 
@@ -122,10 +123,14 @@ def forget_empty_keys() -> None:
                 states = self._transform_keyed_states[result.transform]
                 watermarks = self._watermark_manager.get_watermarks(result.transform)
                 with watermarks._lock:
-                    outstanding = {f.encoded_key for f in watermarks._fired_timers}
+                    fired = watermarks._fired_timers
+                    if isinstance(fired, OutstandingFirings):  # the timers patch's set
+                        outstanding = fired.has_key
+                    else:
+                        outstanding = {f.encoded_key for f in fired}.__contains__
                     for key in list(touched):
                         state = states.get(key)
-                        if key in outstanding:
+                        if outstanding(key):
                             continue  # a timer of it is still to be delivered
                         if state is not None and is_empty_state(state):
                             del states[key]

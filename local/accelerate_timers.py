@@ -15,11 +15,12 @@ removed; the runner replaces a key's state object when a bundle commits it
 only change through such a write. A pass then:
 
 1. re-summarises only the keys written since the last pass;
-2. pops from the heaps the keys whose earliest timer is now due; a due key
-   stays due until its state is written again (Beam extracts a due timer on
-   every pass until the bundle that delivers it commits);
+2. pops from the heaps the keys whose earliest timer is now due;
 3. asks exactly those keys, in the keyed-state dict's order, for their
-   expired timers with Beam's own ``get_timers``.
+   expired timers with Beam's own ``get_timers``; then indexes only each
+   asked key's timers that are not yet due. Its due timers are scheduled,
+   and delivering one writes the key (Beam clears the timer through the
+   key's state first), which re-summarises it (step 1).
 
 A key whose timers are not all ``Timestamp``s or seconds in the two known
 time domains is asked on every pass, as Beam does. So the fired timers, their order and the
@@ -27,7 +28,9 @@ time domains is asked on every pass, as Beam does. So the fired timers, their or
 extraction on random timer tables), with one deliberate difference:
 
 4. a timer whose firing is already scheduled and not yet delivered
-   (``_fired_timers``) is not reported again. Beam reports a due timer on
+   (``_fired_timers``, counted by value in ``OutstandingFirings``) is not
+   reported again, and a key is not asked again while nothing about it
+   changed. Beam reports a due timer on
    every pass until the bundle that delivers it commits, and schedules each
    report as another bundle; when a stateful step's bundles queue up (a
    backlog), every pass adds another copy of every due timer, and each copy
@@ -60,9 +63,13 @@ _SOURCE_SHA256 = {
 }
 
 
-def timer_summary(state: Any) -> tuple[int | None, int | None, bool]:
+def timer_summary(
+    state: Any, after_watermark: int | None = None, after_now: int | None = None
+) -> tuple[int | None, int | None, bool]:
     """(earliest event-time ns, earliest processing-time ns, unknown) of a key's timers.
 
+    With ``after_watermark`` / ``after_now`` (ns), only the timers later than
+    those count: the ones not yet expired on the pass that asked the key.
     ``unknown`` is True when the timers are not a dict of ``Timestamp``s (or
     plain seconds) in the WATERMARK and REAL_TIME domains; such a key is asked
     on every pass.
@@ -84,10 +91,14 @@ def timer_summary(state: Any) -> tuple[int | None, int | None, bool]:
             else:
                 return None, None, True
             if domain == TimeDomain.REAL_TIME:
-                if realtime is None or nanos < realtime:
+                if (realtime is None or nanos < realtime) and (
+                    after_now is None or nanos > after_now
+                ):
                     realtime = nanos
             elif domain == TimeDomain.WATERMARK:
-                if watermark is None or nanos < watermark:
+                if (watermark is None or nanos < watermark) and (
+                    after_watermark is None or nanos > after_watermark
+                ):
                     watermark = nanos
             else:
                 return None, None, True
@@ -101,9 +112,11 @@ class TimerIndex:
         self.lock = threading.Lock()
         self.dirty: set = set()  # keys written or removed since the last refresh
         self.order: dict = {}  # key -> position in the keyed-state dict
-        self.entries: dict = {}  # key -> (generation, event-time ns, processing-time ns)
+        # key -> (generation, next event-time ns, next processing-time ns, has a
+        # processing-time timer); "next": not yet reported on an earlier pass.
+        self.entries: dict = {}
         self.unknown: set = set()  # keys asked on every pass
-        self.due: set = set()  # keys with a due timer, until their state is written
+        self.due: set = set()  # keys with a due timer, until they are asked
         self.realtime_keys = 0  # keys with a processing-time timer
         self._watermark_heap: list = []  # (ns, generation, key)
         self._realtime_heap: list = []
@@ -126,7 +139,7 @@ class TimerIndex:
             dirty, self.dirty = self.dirty, set()
         for key in dirty:
             old = self.entries.pop(key, None)
-            if old is not None and old[2] is not None:
+            if old is not None and old[3]:
                 self.realtime_keys -= 1
             self.due.discard(key)
             self.unknown.discard(key)
@@ -138,14 +151,33 @@ class TimerIndex:
             if unknown:
                 self.unknown.add(key)
                 continue
-            generation = next(self._generation)
-            self.entries[key] = (generation, watermark, realtime)
-            if watermark is not None:
-                heapq.heappush(self._watermark_heap, (watermark, generation, key))
             if realtime is not None:
                 self.realtime_keys += 1
-                heapq.heappush(self._realtime_heap, (realtime, generation, key))
+            self._push(key, watermark, realtime, realtime is not None)
         self._compact()
+
+    def asked(self, key: Any, state: Any, watermark_nanos: int, now_nanos: int) -> None:
+        """A due key was asked on this pass: index only its timers that are not yet due.
+
+        Each of its due timers is now scheduled (or already was), and delivering
+        one writes the key's state (Beam clears a timer through the key's state
+        before delivering it), which re-summarises the key. Until then, asking
+        the key again on every pass would only find the same scheduled firings.
+        """
+        entry = self.entries.get(key)
+        if entry is None or key not in self.due:
+            return
+        self.due.discard(key)
+        watermark, realtime, _ = timer_summary(state, watermark_nanos, now_nanos)
+        self._push(key, watermark, realtime, entry[3])
+
+    def _push(self, key: Any, watermark: int | None, realtime: int | None, rt: bool) -> None:
+        generation = next(self._generation)
+        self.entries[key] = (generation, watermark, realtime, rt)
+        if watermark is not None:
+            heapq.heappush(self._watermark_heap, (watermark, generation, key))
+        if realtime is not None:
+            heapq.heappush(self._realtime_heap, (realtime, generation, key))
 
     def due_keys(self, watermark_nanos: int, now_nanos: int) -> list:
         """Keys that may have an expired timer, in keyed-state dict order."""
@@ -246,6 +278,68 @@ def _firing_id(firing: Any) -> tuple:
     )
 
 
+class OutstandingFirings(set):
+    """A step's scheduled, not yet delivered ``TimerFiring``s, also counted by value.
+
+    Beam keeps them in a plain set (``_fired_timers``: ``update`` when
+    scheduled, ``remove`` when delivered), and ``TimerFiring`` compares by
+    identity; ``scheduled`` ("is this timer already scheduled?") and
+    ``has_key`` ("is a timer of this key?") answer without rebuilding a set of
+    every outstanding firing on each pass or bundle.
+    """
+
+    def __init__(self, firings: Any = ()) -> None:
+        super().__init__()
+        self._ids: dict = {}
+        self._keys: dict = {}
+        self.update(firings)
+
+    def scheduled(self, firing_id: tuple) -> bool:
+        return firing_id in self._ids
+
+    def has_key(self, encoded_key: Any) -> bool:
+        return encoded_key in self._keys
+
+    def _counts(self, firing: Any) -> tuple:
+        return (self._ids, _firing_id(firing)), (self._keys, firing.encoded_key)
+
+    def add(self, firing: Any) -> None:
+        if firing not in self:
+            super().add(firing)
+            for counts, value in self._counts(firing):
+                counts[value] = counts.get(value, 0) + 1
+
+    def update(self, *others: Any) -> None:
+        for other in others:
+            for firing in other:
+                self.add(firing)
+
+    def discard(self, firing: Any) -> None:
+        if firing in self:
+            super().discard(firing)
+            for counts, value in self._counts(firing):
+                left = counts[value] - 1
+                if left:
+                    counts[value] = left
+                else:
+                    del counts[value]
+
+    def remove(self, firing: Any) -> None:
+        if firing not in self:
+            raise KeyError(firing)
+        self.discard(firing)
+
+    def difference_update(self, *others: Any) -> None:
+        for other in others:
+            for firing in list(other):
+                self.discard(firing)
+
+    def clear(self) -> None:
+        super().clear()
+        self._ids.clear()
+        self._keys.clear()
+
+
 def indexed_timers() -> None:
     """Timer extraction asks only the keys whose earliest timer is due."""
     from apache_beam.runners.direct.evaluation_context import EvaluationContext
@@ -270,10 +364,11 @@ def indexed_timers() -> None:
             now = self._clock.time()
             fired_timers = []
             has_realtime_timer = index.realtime_keys > 0
-            keys = index.due_keys(watermark.nanos, Timestamp.of(now).nanos)
-            # Firings scheduled but not yet delivered: only needed when a key is due
-            # (most passes, e.g. while the monitor loops idle, have none).
-            outstanding = {_firing_id(f) for f in self._fired_timers} if keys else ()
+            now_nanos = Timestamp.of(now).nanos
+            keys = index.due_keys(watermark.nanos, now_nanos)
+            outstanding = self._fired_timers
+            if not isinstance(outstanding, OutstandingFirings):
+                outstanding = self._fired_timers = OutstandingFirings(outstanding)
             for encoded_key in keys:
                 state = dict.get(states, encoded_key)
                 if state is None:
@@ -281,6 +376,7 @@ def indexed_timers() -> None:
                 timers, had_realtime_timer = state.get_timers(
                     watermark=watermark, processing_time=now
                 )
+                index.asked(encoded_key, state, watermark.nanos, now_nanos)
                 if had_realtime_timer:
                     has_realtime_timer = True
                 for expired in timers:
@@ -293,7 +389,7 @@ def indexed_timers() -> None:
                         timestamp,
                         dynamic_timer_tag=dynamic_timer_tag,
                     )
-                    if _firing_id(firing) not in outstanding:  # not scheduled twice
+                    if not outstanding.scheduled(_firing_id(firing)):  # not scheduled twice
                         fired_timers.append(firing)
             self._fired_timers.update(fired_timers)
             return fired_timers, has_realtime_timer

@@ -49,17 +49,29 @@ def _watermarks(states: dict, clock: beam_clock.TestClock) -> _TransformWatermar
     return _TransformWatermarks(clock, states, "Step")
 
 
-def _fired(marks: _TransformWatermarks) -> tuple[list, bool]:
-    """One pass's firings; then they count as delivered (bundle committed)."""
-    timers, has_realtime = marks.extract_transform_timers()
-    marks.update_timers(timers)
-    return [(t.encoded_key, t.window, t.name, t.time_domain, t.timestamp) for t in timers], (
-        has_realtime
-    )
+def _firing_tuple(t) -> tuple:
+    return (t.encoded_key, t.window, t.name, t.time_domain, t.timestamp)
+
+
+def _deliver(firing, marks: _TransformWatermarks, *dicts: dict) -> None:
+    """As the runner delivers a firing: clear it through a copy of the key's state,
+    commit that copy, then mark the firing delivered."""
+    key = firing.encoded_key
+    if key in dicts[0]:
+        state = dicts[0][key].copy()
+        state.clear_timer(firing.window, firing.name, firing.time_domain)
+        for d in dicts:
+            d[key] = state
+    marks.update_timers([firing])
 
 
 @pytest.mark.parametrize("seed", range(8))
 def test_index_fires_what_beams_scan_fires_through_random_changes(seed):
+    """Same firings as Beam's scan, except those still scheduled (not reported twice).
+
+    Deliveries lag: a firing stays scheduled for a random number of passes (a
+    stateful step's queued bundles), as in a backlog.
+    """
     rng = random.Random(seed)
     base = 1_700_000_000.0
     clock = beam_clock.TestClock(Timestamp(base))
@@ -69,7 +81,8 @@ def test_index_fires_what_beams_scan_fires_through_random_changes(seed):
     at.indexed_timers()
     indexed = _watermarks(tracked, clock)
     watermark = Timestamp(base - 10)
-    checked_with_fired = 0
+    pending: list = []  # (pass to deliver at, firing) scheduled by the index
+    checked_with_fired = checked_with_pending = 0
     for step in range(300):
         for _ in range(rng.randint(1, 4)):  # several changes between two passes
             action = rng.random()
@@ -85,20 +98,38 @@ def test_index_fires_what_beams_scan_fires_through_random_changes(seed):
                 watermark = Timestamp(watermark.micros / 1e6 + rng.uniform(0, 1))
             else:
                 clock.advance_time(rng.uniform(0, 1))
+        for due in [p for p in pending if p[0] <= step]:  # queued bundles deliver
+            pending.remove(due)
+            _deliver(due[1], indexed, plain, tracked)
         beams._input_watermark = indexed._input_watermark = watermark
-        expected = _fired(beams)
-        if expected[0]:
-            checked_with_fired += 1
-        assert _fired(indexed) == expected, step
+        scheduled = {_firing_tuple(f) for _, f in pending}
+        beam_timers, beam_realtime = beams.extract_transform_timers()
+        beams.update_timers(beam_timers)
+        expected = [_firing_tuple(t) for t in beam_timers]
+        fired, has_realtime = indexed.extract_transform_timers()
+        assert ([_firing_tuple(t) for t in fired], has_realtime) == (
+            [t for t in expected if t not in scheduled],
+            beam_realtime,
+        ), step
+        checked_with_fired += bool(fired)
+        checked_with_pending += any(t in scheduled for t in expected)
+        pending.extend((step + rng.choice([0, 0, 1, 3, 8]), f) for f in fired)
         # Keyed-state order is Beam's dict order, deletions and re-insertions included.
         assert list(tracked) == list(plain)
     assert checked_with_fired > 20  # the comparison saw real firings, not only empty passes
+    assert checked_with_pending > 5  # and firings Beam would have scheduled twice
 
 
 def test_only_keys_written_since_the_last_pass_are_summarised(monkeypatch):
     calls = []
     summary = at.timer_summary
-    monkeypatch.setattr(at, "timer_summary", lambda s: calls.append(s) or summary(s))
+
+    def counted(state, *bounds):
+        if not bounds:  # a whole key's summary, not a re-index of an asked key
+            calls.append(state)
+        return summary(state, *bounds)
+
+    monkeypatch.setattr(at, "timer_summary", counted)
     at.indexed_timers()
     clock = beam_clock.TestClock(Timestamp(100))
     states = at.TrackedStates()
@@ -167,6 +198,66 @@ def test_a_timer_scheduled_but_not_yet_delivered_is_not_reported_again():
     # Its bundle is still queued: Beam would report (and schedule) it again on every pass.
     assert marks.extract_transform_timers() == ([], False)
     assert marks.extract_transform_timers() == ([], False)
-    marks.update_timers(first)  # delivered; the state still has it (not re-committed yet)
+    # Delivered: the bundle cleared it, and its callback set it again (same time).
+    _deliver(first[0], marks, states)
+    states[b"k"].set_timer(None, "user/expiry", TimeDomain.WATERMARK, Timestamp(10))
     again, _ = marks.extract_transform_timers()
     assert [(t.encoded_key, t.timestamp) for t in again] == [(b"k", Timestamp(10))]
+
+
+def test_a_key_whose_due_timers_are_scheduled_is_not_asked_again_until_it_changes(
+    monkeypatch,
+):
+    asked = []
+    get_timers = InMemoryUnmergedState.get_timers
+
+    def counted(self, *args, **kwargs):
+        asked.append(self)
+        return get_timers(self, *args, **kwargs)
+
+    monkeypatch.setattr(InMemoryUnmergedState, "get_timers", counted)
+    at.indexed_timers()
+    clock = beam_clock.TestClock(Timestamp(100))
+    states = at.TrackedStates()
+    state = InMemoryUnmergedState()
+    state.set_timer(None, "first", TimeDomain.WATERMARK, Timestamp(10))
+    state.set_timer(None, "second", TimeDomain.REAL_TIME, Timestamp(150))
+    states[b"k"] = state
+    marks = _watermarks(states, clock)
+    marks._input_watermark = Timestamp(20)
+    first, has_realtime = marks.extract_transform_timers()
+    assert [t.name for t in first] == ["first"] and has_realtime
+    for _ in range(5):  # its delivery waits in a queue: nothing about the key changed
+        assert marks.extract_transform_timers() == ([], True)
+    assert len(asked) == 1
+    clock.advance_time(60)  # its other timer comes due: asked again, only that one fires
+    second, _ = marks.extract_transform_timers()
+    assert [t.name for t in second] == ["second"] and len(asked) == 2
+    # Delivering the first writes the key: asked once more ("second" is still
+    # scheduled, so not reported), then left alone again.
+    _deliver(first[0], marks, states)
+    for _ in range(5):
+        assert marks.extract_transform_timers() == ([], True)
+    assert len(asked) == 3
+    _deliver(second[0], marks, states)
+    assert marks.extract_transform_timers() == ([], False)  # no timer left
+
+
+def test_outstanding_firings_count_timers_and_keys_by_value():
+    from apache_beam.runners.direct.watermark_manager import TimerFiring
+
+    def firing(key: bytes, name: str) -> TimerFiring:
+        return TimerFiring(key, None, name, TimeDomain.WATERMARK, Timestamp(5))
+
+    a, a_again, b = firing(b"k", "t"), firing(b"k", "t"), firing(b"k", "u")
+    firings = at.OutstandingFirings([a])
+    firings.update([a_again, b])  # two objects for one timer (Beam compares by identity)
+    assert len(firings) == 3
+    firings.remove(a)
+    assert firings.scheduled(at._firing_id(a)) and firings.has_key(b"k")
+    firings.difference_update([a_again])
+    assert not firings.scheduled(at._firing_id(a)) and firings.has_key(b"k")
+    firings.discard(b)
+    assert not firings.has_key(b"k") and not firings
+    with pytest.raises(KeyError):
+        firings.remove(b)
