@@ -89,6 +89,8 @@ def test_accelerate_is_idempotent_and_restore_undoes_every_patch():
         "reshuffle": bigquery.ReshufflePerKey,
         "copy": trigger.InMemoryUnmergedState.copy,
         "no_extraction": trigger._CombiningValueStateTag.without_extraction,
+        "prefix": trigger._CombiningValueStateTag.with_prefix,
+        "list_prefix": trigger._ListStateTag.with_prefix,
         "arguments": core.get_function_arguments,
         "keyed_states": EvaluationContext._initialize_keyed_states,
         "schedule": ex._ExecutorServiceParallelExecutor.schedule_consumption,
@@ -117,6 +119,8 @@ def test_accelerate_is_idempotent_and_restore_undoes_every_patch():
         "reshuffle": bigquery.ReshufflePerKey,
         "copy": trigger.InMemoryUnmergedState.copy,
         "no_extraction": trigger._CombiningValueStateTag.without_extraction,
+        "prefix": trigger._CombiningValueStateTag.with_prefix,
+        "list_prefix": trigger._ListStateTag.with_prefix,
         "arguments": core.get_function_arguments,
         "keyed_states": EvaluationContext._initialize_keyed_states,
         "schedule": ex._ExecutorServiceParallelExecutor.schedule_consumption,
@@ -162,6 +166,33 @@ def test_cached_dofn_specs_equal_beams():
     assert [userstate.get_dofn_specs(f) for f in fns] == expected
     assert [userstate.get_dofn_specs(f) for f in fns] == expected  # from the cache
     assert [userstate.is_stateful_dofn(f) for f in fns] == [True, False, False, True]
+
+
+def test_prefixed_state_tags_are_built_once_and_equal_beams():
+    from apache_beam.transforms.combiners import CountCombineFn
+    from apache_beam.transforms.window import TimestampCombiner
+
+    tags = [
+        trigger._ReadModifyWriteStateTag("r"),
+        trigger._SetStateTag("s"),
+        trigger._CombiningValueStateTag("c", CountCombineFn()),
+        trigger._ListStateTag("l"),
+        trigger._WatermarkHoldStateTag("w", TimestampCombiner.OUTPUT_AT_EOW),
+    ]
+
+    def described(tag):
+        return type(tag), tag.tag, getattr(tag, "combine_fn", None), repr(tag)
+
+    expected = [described(t.with_prefix("late")) for t in tags]
+    acc.accelerate(patches=["combine_tags"])
+    prefixed = [t.with_prefix("late") for t in tags]
+    assert [described(t) for t in prefixed] == expected
+    assert all(t.with_prefix("late") is p for t, p in zip(tags, prefixed, strict=True))
+    assert tags[0].with_prefix("early").tag == "earlyr"  # another prefix, another tag
+    # The nested tag's "no extraction" twin is now found again, and still counts.
+    twin = prefixed[2].without_extraction()
+    assert prefixed[2].without_extraction() is twin
+    assert twin.combine_fn.apply([1, 1, 1]) == 3 and twin.tag == "latec"
 
 
 def test_cached_function_arguments_equal_beams():
@@ -468,3 +499,30 @@ def test_pubsub_reads_every_message_in_larger_pulls(
 def test_timestamp_comparisons_used_by_the_timer_index():
     # The index compares Timestamps with the runner's float wall clock, as Beam does.
     assert Timestamp(10) <= 10.5 and not Timestamp(11) <= 10.5
+
+
+def test_copied_key_state_equals_beams_copy_and_is_independent():
+    from apache_beam.transforms.timeutil import TimeDomain
+    from apache_beam.transforms.window import GlobalWindow, IntervalWindow
+    from apache_beam.utils.timestamp import Timestamp
+
+    window = IntervalWindow(0, 60)
+    state = trigger.InMemoryUnmergedState()
+    state.set_timer(window, "", TimeDomain.WATERMARK, Timestamp(60))
+    state.set_global_state(trigger._ReadModifyWriteStateTag("window_ids"), {window: [1, 2]})
+    state.set_global_state(trigger._ReadModifyWriteStateTag("other"), {"k": _Helper()})
+    state.add_state(1, trigger._ListStateTag("values"), "a")
+    beams = state.copy()
+    acc.accelerate(patches=["timer_copies"])
+    ours = state.copy()
+    assert repr(ours) == repr(beams)
+    assert ours.global_state["window_ids"] == {window: [1, 2]}
+    ours.global_state["window_ids"][window].append(3)
+    ours.set_timer(window, "late", TimeDomain.WATERMARK, Timestamp(90))
+    assert state.global_state["window_ids"] == {window: [1, 2]}  # the original is untouched
+    assert list(state.timers[window]) == [("", TimeDomain.WATERMARK, "")]
+    # Not a plain value: deep-copied as Beam does.
+    assert ours.global_state["other"]["k"] is not state.global_state["other"]["k"]
+    shared = [GlobalWindow()]
+    copied = acc.copy_plain({"a": shared, "b": shared, "c": (shared, 1)})
+    assert copied["a"] is copied["b"] is copied["c"][0] and copied["a"] is not shared
