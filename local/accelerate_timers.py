@@ -195,6 +195,13 @@ class TimerIndex:
             return sorted(keys, key=self.order.__getitem__)
         return list(keys)
 
+    def idle(self) -> bool:
+        """No key has a timer, none was written since the last pass, none is due.
+
+        Read without the lock: a write it misses is seen on the next pass.
+        """
+        return not (self.entries or self.dirty or self.unknown or self.due)
+
     def heap_size(self) -> int:
         """Entries in the two heaps, superseded ones included."""
         return len(self._watermark_heap) + len(self._realtime_heap)
@@ -264,6 +271,15 @@ class TrackedStates(dict):
     def __ior__(self, other: Any) -> TrackedStates:
         self.update(other)
         return self
+
+
+def _nanos(seconds: Any) -> int:
+    """``Timestamp.of(seconds).nanos``, without building a Timestamp for a float."""
+    if type(seconds) is float or type(seconds) is int:
+        return int(seconds * 1_000_000) * 1000  # as Timestamp(seconds): micros
+    from apache_beam.utils.timestamp import Timestamp
+
+    return Timestamp.of(seconds).nanos
 
 
 def _firing_id(firing: Any) -> tuple:
@@ -344,7 +360,6 @@ def indexed_timers() -> None:
     """Timer extraction asks only the keys whose earliest timer is due."""
     from apache_beam.runners.direct.evaluation_context import EvaluationContext
     from apache_beam.runners.direct.watermark_manager import TimerFiring, _TransformWatermarks
-    from apache_beam.utils.timestamp import Timestamp
 
     original_extract = _TransformWatermarks.extract_transform_timers
     original_init = EvaluationContext._initialize_keyed_states
@@ -357,14 +372,16 @@ def indexed_timers() -> None:
         states = self._keyed_states
         if not isinstance(states, TrackedStates):
             return original_extract(self)
+        index = states.timer_index
+        if index.idle():  # most steps: no keyed state, nothing written, nothing due
+            return [], False
         with self._lock:
-            index = states.timer_index
             index.refresh(states)
             watermark = self._input_watermark
             now = self._clock.time()
             fired_timers = []
             has_realtime_timer = index.realtime_keys > 0
-            now_nanos = Timestamp.of(now).nanos
+            now_nanos = _nanos(now)
             keys = index.due_keys(watermark.nanos, now_nanos)
             outstanding = self._fired_timers
             if not isinstance(outstanding, OutstandingFirings):

@@ -261,3 +261,10 @@ def test_outstanding_firings_count_timers_and_keys_by_value():
     assert not firings.has_key(b"k") and not firings
     with pytest.raises(KeyError):
         firings.remove(b)
+
+
+def test_processing_time_in_nanoseconds_is_beams():
+    rng = random.Random(3)
+    values = [rng.uniform(-2e9, 2e9) for _ in range(2000)] + [12, 0.0000015, 1764100000.9999995]
+    values += [Timestamp(5), Timestamp(seconds=1, subseconds=7, precision=9)]
+    assert [at._nanos(v) for v in values] == [Timestamp.of(v).nanos for v in values]
