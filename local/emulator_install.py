@@ -94,7 +94,11 @@ def pubsub_emulator_command(host: str, port: int) -> list[str]:
 def bigquery_emulator_command(
     host: str, rest_port: int, grpc_port: int, project: str, log_level: str = "info"
 ) -> list[str]:
-    """The command line that runs bqemulator (ephemeral, in memory) in the foreground."""
+    """The command line that runs bqemulator (ephemeral, in memory) in the foreground.
+
+    Through ``local/bqemulator_main.py``: bqemulator's own CLI without its
+    table copy on every write (see that module).
+    """
     try:
         import bqemulator  # noqa: F401
     except ImportError as e:
@@ -104,8 +108,7 @@ def bigquery_emulator_command(
         ) from e
     return [
         sys.executable,
-        "-m",
-        "bqemulator",
+        str(Path(__file__).with_name("bqemulator_main.py")),
         "start",
         "--project",
         project,

@@ -600,7 +600,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             if want_bq:
                 ensure_duckdb_spatial()
                 bigquery_emulator_command(DEFAULT_HOST, 0, 0, args.project)  # checks the import
-                print(f"BigQuery emulator: {sys.executable} -m bqemulator (spatial extension ok)")
+                print(
+                    f"BigQuery emulator: {sys.executable} local/bqemulator_main.py "
+                    "(bqemulator; spatial extension ok)"
+                )
             return 0
         if args.action == "start":
             creds = ensure_fake_credentials(state_dir, args.project)
