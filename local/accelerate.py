@@ -525,7 +525,7 @@ PATCHES: dict[str, Callable[[], None]] = {
     "sink_thread": accelerate_sinks.sink_thread,
     "combine_tags": reused_no_extraction_tags,
     "timer_copies": shallow_timer_copies,
-    **accelerate_state.PATCHES,  # forget_empty_keys, expired_window_gc, sweep_expired_windows
+    **accelerate_state.PATCHES,  # set_state_once, forget_empty_keys, expired_window_gc, sweep_…
 }
 
 

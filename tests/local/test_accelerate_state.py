@@ -252,6 +252,37 @@ def test_keys_that_never_come_back_are_swept(monkeypatch):
         assert swept_held.get(step, (0, 0))[0] <= 5, step
 
 
+def test_a_set_state_stores_a_repeated_add_once_and_reads_as_beams():
+    has_timer = trigger.AfterProcessingTime.STATE_TAG
+    user_set = trigger._SetStateTag("user/seen")
+    other = trigger._SetStateTag("user/tuples")
+
+    def fill(state):
+        for _ in range(100):  # one add per element of a pane, as AfterProcessingTime does
+            state.add_state("w", has_timer, True)
+        for value in (b"a", b"b", b"a", b"a"):  # encoded user values
+            state.add_state("w", user_set, value)
+        for value in ((1,), (1,)):  # not a plain value: stored as Beam stores it
+            state.add_state("w", other, value)
+        return state
+
+    beams = fill(trigger.InMemoryUnmergedState())
+    acc.accelerate(patches=["set_state_once"])
+    ours = fill(trigger.InMemoryUnmergedState())
+    assert ours.state["w"][has_timer.tag] == [True]  # not 100 copies
+    assert ours.state["w"][user_set.tag] == [b"a", b"b", b"a"]
+    assert ours.state["w"][other.tag] == [(1,), (1,)]
+    for tag in (has_timer, user_set, other):
+        merged_ours = trigger.MergeableStateAdapter(ours)
+        merged_beams = trigger.MergeableStateAdapter(beams)
+        merged_ours.window_ids = merged_beams.window_ids = {"w": ["w"]}
+        assert merged_ours.get_state("w", tag) == merged_beams.get_state("w", tag)
+        assert bool(ours.get_state("w", tag)) == bool(beams.get_state("w", tag))
+    ours.clear_state("w", has_timer)  # a fired pane resets it: the next add is stored
+    ours.add_state("w", has_timer, True)
+    assert ours.get_state("w", has_timer) == [True]
+
+
 def test_the_identical_output_graph_of_test_accelerate_is_unchanged():
     stock = _run_graph(uuid.uuid4().hex)
     with acc.accelerated(patches=STATE_PATCHES):
