@@ -301,7 +301,9 @@ def set_state_values_once() -> None:
     retraining count panes) adds ``True`` to its ``has_timer`` set for every
     element of a pane, so the list grows with the pane; it is copied with the
     key's state at every bundle, and a merging window's read builds a set from
-    it: quadratic in a pane's elements (12% of the batch benchmark's CPU). A
+    it: quadratic in a pane's elements (12% of an earlier profile of the batch
+    benchmark at 20k elements; after the tag and copy patches of
+    ``local.accelerate``, its gain there is within the benchmark's noise). A
     set state is read as a set (or, unmerged, tested for being empty), so an
     add equal to the last stored value changes no read. Only plain values
     (bool, int, str, bytes: user set state is stored encoded) are compared.
