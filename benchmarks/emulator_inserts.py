@@ -29,6 +29,7 @@ from local import bqemulator_main, emulators
 
 RESULTS = Path(__file__).resolve().parent / "results" / "emulator_inserts.json"
 PROJECT = "bench-project"
+EMULATOR_ENV = "BIGQUERY_EMULATOR_HOST"
 COLUMNS = [{"name": f"f{i}", "type": "FLOAT"} for i in range(20)] + [
     {"name": "key", "type": "STRING"},
     {"name": "event_time", "type": "TIMESTAMP"},
@@ -45,15 +46,16 @@ def measure(requests: int, rows: int, time_travel: bool, log=print) -> dict[str,
     if requests < 4 or rows < 1:
         raise ValueError("--requests must be ≥ 4 and --rows ≥ 1")
     variant = "bqemulator as shipped (snapshot per write)" if time_travel else "local"
-    previous = os.environ.get(bqemulator_main.TIME_TRAVEL_ENV)
+    names = (bqemulator_main.TIME_TRAVEL_ENV, "GOOGLE_APPLICATION_CREDENTIALS", EMULATOR_ENV)
+    previous = {name: os.environ.get(name) for name in names}
     os.environ[bqemulator_main.TIME_TRAVEL_ENV] = "1" if time_travel else "0"
     quarters = []
     try:
         with tempfile.TemporaryDirectory() as state:
             creds = emulators.ensure_fake_credentials(state, PROJECT)
-            os.environ.setdefault("GOOGLE_APPLICATION_CREDENTIALS", str(creds))
+            os.environ["GOOGLE_APPLICATION_CREDENTIALS"] = str(creds)
             with emulators.bigquery_emulator(state, project=PROJECT) as info:
-                os.environ["BIGQUERY_EMULATOR_HOST"] = info.env["BIGQUERY_EMULATOR_HOST"]
+                os.environ[EMULATOR_ENV] = info.env[EMULATOR_ENV]
                 client = bigquery_client(PROJECT)
                 client.create_dataset("bench")
                 schema = [bigquery.SchemaField(c["name"], c["type"]) for c in COLUMNS]
@@ -84,11 +86,12 @@ def measure(requests: int, rows: int, time_travel: bool, log=print) -> dict[str,
                 count_sql = f"SELECT COUNT(*) AS c FROM `{PROJECT}.bench.t`"
                 landed = next(iter(client.query(count_sql).result())).c
                 client.close()
-    finally:
-        if previous is None:
-            os.environ.pop(bqemulator_main.TIME_TRAVEL_ENV, None)
-        else:
-            os.environ[bqemulator_main.TIME_TRAVEL_ENV] = previous
+    finally:  # the caller's environment as it was
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
     if landed != requests * rows:
         raise RuntimeError(f"{landed} rows in the table, {requests * rows} inserted")
     return {"variant": variant, "start_rss_mib": round(start_rss, 1), "quarters": quarters}
