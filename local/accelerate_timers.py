@@ -196,7 +196,7 @@ class TimerIndex:
         return list(keys)
 
     def idle(self) -> bool:
-        """No key has a timer, none was written since the last pass, none is due.
+        """No key is indexed, none was written since the last pass, none is due.
 
         Read without the lock: a write it misses is seen on the next pass.
         """
