@@ -34,7 +34,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from local.accelerate_timers import OutstandingFirings
+from local.accelerate_timers import outstanding_firings
 from local.patching import changed_sources
 from local.patching import set_attr as _set
 
@@ -129,11 +129,7 @@ def forget_empty_keys() -> None:
                 states = self._transform_keyed_states[result.transform]
                 watermarks = self._watermark_manager.get_watermarks(result.transform)
                 with watermarks._lock:
-                    fired = watermarks._fired_timers
-                    if isinstance(fired, OutstandingFirings):  # the timers patch's set
-                        outstanding = fired.has_key
-                    else:
-                        outstanding = {f.encoded_key for f in fired}.__contains__
+                    outstanding = outstanding_firings(watermarks).has_key
                     for key in list(touched):
                         state = states.get(key)
                         if outstanding(key):
@@ -211,9 +207,7 @@ def expired_window_gc() -> None:
             self._applied_ptransform
         )
         with watermarks._lock:
-            outstanding = {
-                f.window for f in watermarks._fired_timers if f.encoded_key == kwi.encoded_key
-            }
+            outstanding = outstanding_firings(watermarks).windows_of(kwi.encoded_key)
         if collect_expired_windows(
             state, windowing.allowed_lateness, watermarks.input_watermark, outstanding
         ):
@@ -242,15 +236,13 @@ def sweep_step(context: Any, transform: Any) -> tuple[int, int]:
     with context._lock:
         states = context._transform_keyed_states[transform]
         with watermarks._lock:
-            fired: dict[Any, set] = {}
-            for firing in watermarks._fired_timers:
-                fired.setdefault(firing.encoded_key, set()).add(firing.window)
+            fired = outstanding_firings(watermarks)
             for key, state in list(states.items()):
                 windows += collect_expired_windows(
-                    state, windowing.allowed_lateness, input_watermark, fired.get(key, ())
+                    state, windowing.allowed_lateness, input_watermark, fired.windows_of(key)
                 )
                 if (
-                    key not in fired
+                    not fired.has_key(key)
                     and key not in watermarks._keyed_earliest_holds
                     and is_empty_state(state)
                 ):

@@ -299,15 +299,15 @@ class OutstandingFirings(set):
 
     Beam keeps them in a plain set (``_fired_timers``: ``update`` when
     scheduled, ``remove`` when delivered), and ``TimerFiring`` compares by
-    identity; ``scheduled`` ("is this timer already scheduled?") and
-    ``has_key`` ("is a timer of this key?") answer without rebuilding a set of
-    every outstanding firing on each pass or bundle.
+    identity; ``scheduled`` ("is this timer already scheduled?"), ``has_key``
+    ("is a timer of this key?") and ``windows_of`` answer without going
+    through every outstanding firing on each pass, bundle or element.
     """
 
     def __init__(self, firings: Any = ()) -> None:
         super().__init__()
-        self._ids: dict = {}
-        self._keys: dict = {}
+        self._ids: dict = {}  # firing id -> count
+        self._keys: dict = {}  # encoded key -> {window -> count}
         self.update(firings)
 
     def scheduled(self, firing_id: tuple) -> bool:
@@ -316,8 +316,13 @@ class OutstandingFirings(set):
     def has_key(self, encoded_key: Any) -> bool:
         return encoded_key in self._keys
 
+    def windows_of(self, encoded_key: Any) -> frozenset:
+        """The windows of this key's outstanding firings."""
+        return frozenset(self._keys.get(encoded_key, ()))
+
     def _counts(self, firing: Any) -> tuple:
-        return (self._ids, _firing_id(firing)), (self._keys, firing.encoded_key)
+        windows = self._keys.setdefault(firing.encoded_key, {})
+        return (self._ids, _firing_id(firing)), (windows, firing.window)
 
     def add(self, firing: Any) -> None:
         if firing not in self:
@@ -339,6 +344,8 @@ class OutstandingFirings(set):
                     counts[value] = left
                 else:
                     del counts[value]
+            if not self._keys[firing.encoded_key]:
+                del self._keys[firing.encoded_key]
 
     def remove(self, firing: Any) -> None:
         if firing not in self:
@@ -354,6 +361,18 @@ class OutstandingFirings(set):
         super().clear()
         self._ids.clear()
         self._keys.clear()
+
+
+def outstanding_firings(watermarks: Any) -> OutstandingFirings:
+    """A step's ``_fired_timers``, made an ``OutstandingFirings`` the first time.
+
+    Call under ``watermarks._lock``. Beam only ``update``s and ``remove``s that
+    set, which ``OutstandingFirings`` supports, so the swap is invisible to it.
+    """
+    fired = watermarks._fired_timers
+    if not isinstance(fired, OutstandingFirings):
+        fired = watermarks._fired_timers = OutstandingFirings(fired)
+    return fired
 
 
 def indexed_timers() -> None:
@@ -383,9 +402,7 @@ def indexed_timers() -> None:
             has_realtime_timer = index.realtime_keys > 0
             now_nanos = _nanos(now)
             keys = index.due_keys(watermark.nanos, now_nanos)
-            outstanding = self._fired_timers
-            if not isinstance(outstanding, OutstandingFirings):
-                outstanding = self._fired_timers = OutstandingFirings(outstanding)
+            outstanding = outstanding_firings(self)
             for encoded_key in keys:
                 state = dict.get(states, encoded_key)
                 if state is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import pytest
 from apache_beam.runners.direct import clock as beam_clock
@@ -246,19 +247,21 @@ def test_a_key_whose_due_timers_are_scheduled_is_not_asked_again_until_it_change
 def test_outstanding_firings_count_timers_and_keys_by_value():
     from apache_beam.runners.direct.watermark_manager import TimerFiring
 
-    def firing(key: bytes, name: str) -> TimerFiring:
-        return TimerFiring(key, None, name, TimeDomain.WATERMARK, Timestamp(5))
+    def firing(key: bytes, name: str, window: Any = None) -> TimerFiring:
+        return TimerFiring(key, window, name, TimeDomain.WATERMARK, Timestamp(5))
 
-    a, a_again, b = firing(b"k", "t"), firing(b"k", "t"), firing(b"k", "u")
+    a, a_again, b = firing(b"k", "t"), firing(b"k", "t"), firing(b"k", "u", window=7)
     firings = at.OutstandingFirings([a])
     firings.update([a_again, b])  # two objects for one timer (Beam compares by identity)
     assert len(firings) == 3
+    assert firings.windows_of(b"k") == {None, 7} and firings.windows_of(b"other") == set()
     firings.remove(a)
     assert firings.scheduled(at._firing_id(a)) and firings.has_key(b"k")
     firings.difference_update([a_again])
     assert not firings.scheduled(at._firing_id(a)) and firings.has_key(b"k")
+    assert firings.windows_of(b"k") == {7}
     firings.discard(b)
-    assert not firings.has_key(b"k") and not firings
+    assert not firings.has_key(b"k") and not firings and firings.windows_of(b"k") == set()
     with pytest.raises(KeyError):
         firings.remove(b)
 
