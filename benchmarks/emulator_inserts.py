@@ -46,14 +46,14 @@ def measure(requests: int, rows: int, time_travel: bool, log=print) -> dict[str,
     if requests < 4 or rows < 1:
         raise ValueError("--requests must be ≥ 4 and --rows ≥ 1")
     variant = "bqemulator as shipped (snapshot per write)" if time_travel else "local"
-    names = (bqemulator_main.TIME_TRAVEL_ENV, "GOOGLE_APPLICATION_CREDENTIALS", EMULATOR_ENV)
-    previous = {name: os.environ.get(name) for name in names}
+    # The emulator reads the first; the client (anonymous credentials) the second.
+    previous = {
+        name: os.environ.get(name) for name in (bqemulator_main.TIME_TRAVEL_ENV, EMULATOR_ENV)
+    }
     os.environ[bqemulator_main.TIME_TRAVEL_ENV] = "1" if time_travel else "0"
     quarters = []
     try:
         with tempfile.TemporaryDirectory() as state:
-            creds = emulators.ensure_fake_credentials(state, PROJECT)
-            os.environ["GOOGLE_APPLICATION_CREDENTIALS"] = str(creds)
             with emulators.bigquery_emulator(state, project=PROJECT) as info:
                 os.environ[EMULATOR_ENV] = info.env[EMULATOR_ENV]
                 client = bigquery_client(PROJECT)
